@@ -1,0 +1,198 @@
+"""Acquisition over domains in their current modes: batches of ``q`` recipes with BoTorch.
+
+The objective of a recipe ``x`` over domains ``d`` with weights ``w_d`` (the leaderboard's mean
+accuracy by default) is
+
+    g(x) = sum_d w_d * c_d(x),    c_d = dev_d                      if d is in proxy mode,
+                                  c_d = ext_d - lambda * dev_d     if d is decoupled,
+
+evaluated on joint posterior samples of every domain's (dev, external) GP, so the dev penalty of
+a decoupled domain uses the same sample as its external score. BoTorch's ``Penalized*``
+acquisitions penalise distance in input space, which is something else; a linear MC objective
+(``GenericMCObjective``) is the right tool (NOTES.md).
+
+The batch is chosen by ``qLogNoisyExpectedImprovement`` (Ament et al. 2023, "Unexpected
+improvements to expected improvement for Bayesian optimization"): greedy sequential selection,
+each new point conditioned on the earlier ones as pending, with the mixed optimiser of BoTorch
+(``optimize_acqf_mixed_alternating``) for integer and categorical coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate
+
+if TYPE_CHECKING:
+    import torch
+
+PROXY, DECOUPLED = "proxy", "decoupled"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A proposed batch: encoded points and the acquisition value of each greedy step."""
+
+    x: np.ndarray  # q x d
+    acquisition: list[float]  # q, log-EI of each point given the earlier ones as pending
+    predicted_objective: list[float]  # q, posterior mean of g(x)
+
+
+def objective_coefficients(
+    surrogates: Sequence[DomainSurrogate],
+    weights: Sequence[float],
+    modes: Sequence[str],
+    dev_penalty: float,
+) -> np.ndarray:
+    """Coefficients of g over the stacked outputs of every domain's model.
+
+    Args:
+        surrogates: One fitted surrogate per domain, in domain order.
+        weights: ``K`` domain weights.
+        modes: ``K`` modes, ``proxy`` or ``decoupled``.
+        dev_penalty: lambda.
+
+    Returns:
+        ``sum_d num_outputs_d`` coefficients.
+    """
+    coef: list[float] = []
+    for s, w, mode in zip(surrogates, weights, modes, strict=True):
+        block = [0.0] * s.num_outputs
+        if mode == DECOUPLED and s.two_task:
+            block[EXTERNAL] = w
+            block[DEV] = -dev_penalty * w
+        else:
+            # Proxy mode, or a decoupled domain without an external model yet (cannot happen
+            # after a switch, which needs paired observations; kept as the safe reading).
+            block[DEV] = w
+        coef += block
+    return np.asarray(coef, dtype=float)
+
+
+def propose_batch(
+    *,
+    surrogates: Sequence[DomainSurrogate],
+    weights: Sequence[float],
+    modes: Sequence[str],
+    dev_penalty: float,
+    x_baseline: np.ndarray,
+    x_pending: np.ndarray | None,
+    q: int,
+    discrete_dims: Mapping[int, Sequence[float]],
+    seed: int,
+    raw_samples: int = 256,
+    num_restarts: int = 4,
+) -> Batch:
+    """Chooses ``q`` new recipes.
+
+    Args:
+        surrogates: Fitted surrogates, one per domain.
+        weights: ``K`` domain weights.
+        modes: ``K`` domain modes.
+        dev_penalty: lambda, the weight of dev subtracted in decoupled domains.
+        x_baseline: ``n x d`` encoded recipes already evaluated (the noisy incumbents of NEI).
+        x_pending: ``p x d`` encoded recipes proposed but not evaluated yet, or None.
+        q: Batch size.
+        discrete_dims: Allowed encoded values of integer and categorical coordinates.
+        seed: Seeds the MC sampler and the optimiser's random starts.
+        raw_samples: Random points scored to pick optimiser starts.
+        num_restarts: Optimiser starts.
+
+    Returns:
+        The batch, in ``[0, 1]^d`` (mixture coordinates not yet projected).
+    """
+    import torch
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.acquisition.objective import GenericMCObjective
+    from botorch.models.model import ModelList
+    from botorch.optim import optimize_acqf
+    from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
+    from botorch.sampling.list_sampler import ListSampler
+    from botorch.sampling.normal import SobolQMCNormalSampler
+
+    torch.manual_seed(seed)
+    dtype = torch.float64
+    coef = torch.as_tensor(
+        objective_coefficients(surrogates, weights, modes, dev_penalty), dtype=dtype
+    )
+    model = ModelList(*[s.model for s in surrogates])
+
+    def g(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+        # samples: sample_shape x batch x q x m  ->  sample_shape x batch x q
+        return samples @ coef
+
+    acqf = qLogNoisyExpectedImprovement(
+        model=model,
+        X_baseline=torch.as_tensor(x_baseline, dtype=dtype),
+        # One quasi-MC sampler per domain model: a ModelList's posterior is a PosteriorList.
+        sampler=ListSampler(
+            *[
+                SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=seed + i)
+                for i in range(len(surrogates))
+            ]
+        ),
+        objective=GenericMCObjective(g),
+        X_pending=None if x_pending is None or len(x_pending) == 0
+        else torch.as_tensor(x_pending, dtype=dtype),
+        prune_baseline=True,
+        cache_root=False,
+    )
+    d = x_baseline.shape[1]
+    bounds = torch.stack([torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype)])
+    if discrete_dims:
+        x, values = optimize_acqf_mixed_alternating(
+            acqf,
+            bounds=bounds,
+            discrete_dims={k: list(v) for k, v in discrete_dims.items()},
+            q=q,
+            raw_samples=raw_samples,
+            num_restarts=num_restarts,
+            options={"maxiter_alternating": 16},
+        )
+    else:
+        x, values = optimize_acqf(
+            acqf, bounds=bounds, q=q, raw_samples=raw_samples, num_restarts=num_restarts,
+            sequential=True,
+        )
+    with torch.no_grad():
+        means = model.posterior(x).mean @ coef
+    vals = values.reshape(-1).tolist() if values is not None else [float("nan")] * q
+    if len(vals) == 1 and q > 1:
+        vals = vals * q
+    return Batch(
+        x=x.detach().numpy(),
+        acquisition=[float(v) for v in vals],
+        predicted_objective=[float(m) for m in means.reshape(-1)],
+    )
+
+
+def modelled_objective(
+    surrogates: Sequence[DomainSurrogate],
+    weights: Sequence[float],
+    x: np.ndarray,
+    *,
+    task: int = EXTERNAL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted posterior mean (and sd, domains taken as independent) of one task.
+
+    Args:
+        surrogates: Fitted surrogates, one per domain.
+        weights: ``K`` domain weights.
+        x: ``n x d`` encoded recipes.
+        task: ``EXTERNAL`` (the modelled external score) or ``DEV``.
+
+    Returns:
+        ``n`` means and ``n`` standard deviations; NaN where a domain has no external model.
+    """
+    key = "ext" if task == EXTERNAL else "dev"
+    mean = np.zeros(len(x))
+    var = np.zeros(len(x))
+    for s, w in zip(surrogates, weights, strict=True):
+        p = s.predict(x)
+        mean += w * p[f"{key}_mean"]
+        var += (w * p[f"{key}_sd"]) ** 2
+    return mean, np.sqrt(var)

@@ -1,0 +1,234 @@
+"""The back-end protocol, the loader, and the built-in simulated back end.
+
+A back end turns a recipe into an artefact (training), an artefact into per-domain dev scores
+(evaluation), and an artefact into per-domain external scores (one submission to the scarce
+target). A study file names one by a built-in name or by import path::
+
+    backend:
+      name: mypackage.cluster:SlurmBackend   # module:Class
+      options: {partition: gpu}
+
+The class is constructed as ``Class(domains=[...], weights={...}, seed=int, **options)``. This
+import path is the only code a study file can cause to run; YAML is read with ``safe_load``.
+
+Artefacts are JSON-serialisable mappings (a path to an adapter folder, say): they are stored with
+the candidate, so a later process (``resume``) can submit an artefact trained by an earlier one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from searchlab.errors import BackendError
+
+Artefact = dict[str, Any]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What searchlab needs from a back end.
+
+    Optional methods, used when present:
+
+    - ``recover_external(artefact, *, submission) -> Mapping[str, float] | None``: the score of a
+      submission that was sent but whose answer was lost (a crash between sending and storing).
+      Without it, such a submission is recorded as lost and never re-sent.
+    - ``true_external(artefact) -> Mapping[str, float]`` and ``optimum() -> float``: the truth,
+      for back ends that know it (simulations); used for regret in status and benchmarks.
+    """
+
+    def train(self, recipe: Mapping[str, Any], *, candidate: int, seed: int) -> Artefact:
+        """Trains one candidate and returns its JSON-serialisable artefact."""
+        ...
+
+    def evaluate(self, artefact: Artefact) -> Mapping[str, float | tuple[float, int]]:
+        """Per-domain dev accuracy, optionally with its item count ``(accuracy, n)``."""
+        ...
+
+    def submit_external(self, artefact: Artefact, *, submission: int) -> Mapping[str, float]:
+        """Per-domain external score of one submission (may be rounded and noisy)."""
+        ...
+
+
+def _check_scores(
+    raw: Any, domains: list[str], *, what: str, candidate: int
+) -> dict[str, tuple[float, int | None]]:
+    """Validates a back end's per-domain scores: every domain, finite, within [0, 1]."""
+    if not isinstance(raw, Mapping):
+        raise BackendError(
+            f"candidate {candidate}: {what} returned {type(raw).__name__}, expected a mapping"
+        )
+    out: dict[str, tuple[float, int | None]] = {}
+    for domain in domains:
+        if domain not in raw:
+            raise BackendError(f"candidate {candidate}: {what} has no score for domain {domain!r}")
+        value = raw[domain]
+        n: int | None = None
+        if isinstance(value, tuple | list):
+            if len(value) != 2:
+                raise BackendError(
+                    f"candidate {candidate}: {what}[{domain!r}] must be a number or (accuracy, n)"
+                )
+            value, n = value
+            n = int(n)
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            raise BackendError(
+                f"candidate {candidate}: {what}[{domain!r}] is not a number: {value!r}"
+            ) from None
+        if not math.isfinite(score):
+            raise BackendError(f"candidate {candidate}: {what}[{domain!r}] is {score}")
+        if not 0.0 <= score <= 1.0:
+            raise BackendError(
+                f"candidate {candidate}: {what}[{domain!r}] = {score} is outside [0, 1]"
+            )
+        out[domain] = (score, n)
+    return out
+
+
+def check_dev_scores(
+    raw: Any, domains: list[str], *, candidate: int
+) -> dict[str, tuple[float, int | None]]:
+    """Validates what ``evaluate`` returned; raises :class:`BackendError` naming the problem."""
+    return _check_scores(raw, domains, what="evaluate", candidate=candidate)
+
+
+def check_external_scores(raw: Any, domains: list[str], *, candidate: int) -> dict[str, float]:
+    """Validates what ``submit_external`` returned."""
+    scores = _check_scores(raw, domains, what="submit_external", candidate=candidate)
+    return {d: s for d, (s, _) in scores.items()}
+
+
+class SimulatedBackend:
+    """Training and evaluation on a simulated post-training response surface.
+
+    See :mod:`searchlab.simulation` for the surface. Dev is binomial accuracy on the dev items;
+    an external submission returns the public half, floored to the leaderboard resolution.
+
+    Args:
+        domains: The study's domains; each must be a domain of the surface.
+        weights: The study's objective weights, for the surface's optimum and regret.
+        seed: The study seed; the surface instance is ``options["instance_seed"]`` or this.
+        noise: False for noise-free evaluation (true accuracies, exact external).
+        **options: :class:`searchlab.simulation.SurfaceConfig` fields.
+    """
+
+    def __init__(
+        self,
+        *,
+        domains: list[str],
+        weights: Mapping[str, float],
+        seed: int,
+        noise: bool = True,
+        instance_seed: int | None = None,
+        **options: Any,
+    ) -> None:
+        from searchlab.simulation import ResponseSurface, SurfaceConfig
+
+        try:
+            config = SurfaceConfig.from_options({"domains": tuple(domains), **options})
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"backend.options: {exc}") from None
+        self.domains = list(domains)
+        self.noise = bool(noise)
+        self.surface = ResponseSurface(
+            config=config,
+            instance_seed=seed if instance_seed is None else int(instance_seed),
+            weights=dict(weights),
+        )
+
+    def train(self, recipe: Mapping[str, Any], *, candidate: int, seed: int) -> Artefact:
+        # Simulated training is the recipe plus the run seed: the surface is deterministic.
+        return {"recipe": dict(recipe), "candidate": candidate, "seed": seed}
+
+    def evaluate(self, artefact: Artefact) -> dict[str, tuple[float, int] | float]:
+        recipe, candidate = artefact["recipe"], artefact["candidate"]
+        if not self.noise:
+            return dict(self.surface.true_dev(recipe, candidate=candidate))
+        return dict(
+            self.surface.observe_dev(recipe, run_seed=artefact["seed"], candidate=candidate)
+        )
+
+    def submit_external(self, artefact: Artefact, *, submission: int) -> dict[str, float]:
+        recipe, candidate = artefact["recipe"], artefact["candidate"]
+        if not self.noise:
+            return dict(self.surface.true_external(recipe, candidate=candidate))
+        result = self.surface.observe_external(
+            recipe, run_seed=artefact["seed"], submission=submission, candidate=candidate
+        )
+        return dict(result["public"])
+
+    def recover_external(self, artefact: Artefact, *, submission: int) -> dict[str, float]:
+        # The simulated leaderboard is deterministic per submission: it "remembers" the answer.
+        return self.submit_external(artefact, submission=submission)
+
+    def true_external(self, artefact: Artefact) -> dict[str, float]:
+        return dict(self.surface.true_external(artefact["recipe"], candidate=artefact["candidate"]))
+
+    def optimum(self) -> float:
+        return float(self.surface.optimum()[0])
+
+
+BUILTIN_BACKENDS: dict[str, str] = {
+    "simulated": "searchlab.backends:SimulatedBackend",
+}
+
+
+def import_object(path: str) -> Any:
+    """Imports ``module:attribute``.
+
+    Raises:
+        BackendError: naming the path when the module or attribute does not exist.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise BackendError(f"backend.name {path!r}: expected a built-in name or 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an ImportError, or the module raising while it loads
+        raise BackendError(
+            f"backend.name {path!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise BackendError(f"backend.name {path!r}: {module_name!r} has no {attr!r}") from None
+
+
+def load_backend(
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    domains: list[str],
+    weights: Mapping[str, float],
+    seed: int,
+) -> Backend:
+    """Constructs the back end a study file names.
+
+    Args:
+        name: A built-in name (``simulated``) or ``module:Class``.
+        options: Keyword arguments for the class.
+        domains: The study's domain names.
+        weights: The study's objective weights.
+        seed: The study seed.
+
+    Raises:
+        BackendError: If the class cannot be imported, constructed, or lacks a method.
+    """
+    cls = import_object(BUILTIN_BACKENDS.get(name, name))
+    try:
+        backend = cls(domains=list(domains), weights=dict(weights), seed=seed, **dict(options))
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(
+            f"backend {name!r} could not be constructed: {type(exc).__name__}: {exc}"
+        ) from None
+    missing = [m for m in ("train", "evaluate", "submit_external") if not hasattr(backend, m)]
+    if missing:
+        raise BackendError(f"backend {name!r} lacks method(s) {missing}")
+    return backend

@@ -1,0 +1,305 @@
+"""The ``searchlab`` command line.
+
+Every expected failure (a bad study file, unreachable storage, a broken back end) prints one
+line, ``error: <what> ...``, on standard error and exits with status 2. Thread settings are made
+here, before torch is imported: on small shared CPUs torch's default thread pool spin-waits
+(NOTES.md: a GP fit took 94 s with two threads and 8.8 s with one). Set ``OMP_NUM_THREADS``
+yourself to override, on a GPU box say.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from searchlab.errors import SearchlabError  # noqa: E402
+
+app = typer.Typer(help="Bayesian search for post-training recipes that sees through a proxy.",
+                  no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)
+study_app = typer.Typer(help="Create, run, resume and inspect studies.", no_args_is_help=True)
+validity_app = typer.Typer(help="The proxy-validity test.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+app.add_typer(validity_app, name="validity")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL (default: $SEARCHLAB_STORAGE, else sqlite:///searchlab.db).",
+    ),
+]
+
+
+def _storage_url(storage: str | None) -> str:
+    from searchlab.store import DEFAULT_STORAGE
+
+    return storage or os.environ.get("SEARCHLAB_STORAGE") or DEFAULT_STORAGE
+
+
+def _quiet_libraries() -> None:
+    # BoTorch and linear_operator warn about numerics they handle themselves; the audit trail
+    # records what matters.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    try:
+        from botorch.exceptions.warnings import InputDataWarning, OptimizationWarning
+
+        warnings.filterwarnings("ignore", category=InputDataWarning)
+        warnings.filterwarnings("ignore", category=OptimizationWarning)
+    except ImportError:
+        pass
+
+
+class _Display:
+    """Live progress: a status line while candidates run, one table row per finished round."""
+
+    def __init__(self, domains: list[str], quiet: bool) -> None:
+        self.domains = domains
+        self.quiet = quiet
+        self.status = None if quiet else err.status("starting")
+        if self.status is not None:
+            self.status.start()
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if event == "round_start":
+            self.status.update(f"round {data['round'] + 1}/{data['rounds']}: proposing")
+        elif event == "candidate_start":
+            self.status.update(f"round {data['round'] + 1}: candidate {data['candidate']}")
+        elif event == "candidate_failed":
+            err.print(f"  candidate {data['candidate']} failed: {data['reason']}")
+        elif event == "mode_switch":
+            err.print(
+                f"  [bold]{data['domain']}[/bold] -> {data['to']} "
+                f"(after candidate {data['candidate']}'s external score)"
+            )
+        elif event == "round_done":
+            modes = data["modes"]
+            decoupled = [d for d, m in modes.items() if m == "decoupled"]
+            err.print(
+                f"round {data['round'] + 1}: {data['candidates']} candidates, "
+                f"best dev {data['best_dev']:.3f}, "
+                f"best modelled external {_fmt(data['modelled_external'])}, "
+                f"decoupled: {', '.join(decoupled) or 'none'}, alarms {data['alarms']}, "
+                f"external budget left {data['budget_left']}"
+            )
+        elif event == "study_done":
+            self.close()
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _run(record: Any, config: Any, quiet: bool) -> None:
+    from searchlab.backends import load_backend
+    from searchlab.engine import Engine, status
+
+    _quiet_libraries()
+    backend = load_backend(
+        config.backend.name,
+        config.backend.options,
+        domains=config.domain_names,
+        weights=config.weights,
+        seed=config.seed,
+    )
+    display = _Display(config.domain_names, quiet)
+    try:
+        Engine(record=record, config=config, backend=backend, progress=display).run()
+    finally:
+        display.close()
+    _print_summary(status(record))
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    rec = s["recommendation"] or {}
+    best = s["best_dev_candidate"] or {}
+    out.print(f"study {s['name']}: {s['rounds_done']}/{s['rounds_total']} rounds, "
+              f"{s['candidates']} candidates, external budget used {s['external_budget']['used']}"
+              f"/{s['external_budget']['total']}")
+    alarms = ", ".join(f"{a['domain']} (candidate {a['candidate']})" for a in s["alarms"])
+    out.print(f"alarms: {alarms or 'none'}")
+    out.print(
+        f"recommendation: candidate {rec.get('candidate')}, modelled external "
+        f"{_fmt(rec.get('modelled_external'))}"
+        + (f", true external {_fmt(rec.get('true_external'))}, regret {_fmt(rec.get('regret'))}"
+           if "regret" in rec else "")
+    )
+    if "regret" in best:
+        out.print(
+            f"best-dev candidate: {best.get('candidate')}, true external "
+            f"{_fmt(best.get('true_external'))}, regret {_fmt(best.get('regret'))}"
+        )
+
+
+@study_app.command("create")
+def study_create(
+    file: Annotated[str, typer.Argument(help="The study file (YAML).")],
+    storage: StorageOpt = None,
+    name: Annotated[str | None, typer.Option(help="Override the study name.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the seed.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Create a study from FILE and run it to the end."""
+    from searchlab.config import load_study_file
+    from searchlab.store import Storage
+
+    config = load_study_file(file)
+    if name is not None or seed is not None:
+        config = config.with_overrides(name=name, seed=seed)
+    record = Storage(_storage_url(storage)).create(config)
+    _run(record, config, quiet)
+
+
+@study_app.command("resume")
+def study_resume(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Continue an interrupted study at its first unfinished step."""
+    from searchlab.config import StudyConfig
+    from searchlab.store import Storage
+
+    record = Storage(_storage_url(storage)).load(name)
+    config = StudyConfig.model_validate(record.config_data)
+    _run(record, config, quiet)
+
+
+@study_app.command("status")
+def study_status(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Rounds, candidates, budget, modes, alarms and the recommendation."""
+    from searchlab.engine import status
+    from searchlab.store import Storage
+
+    s = status(Storage(_storage_url(storage)).load(name))
+    if as_json:
+        print(json.dumps(s, indent=2, sort_keys=True))
+        return
+    table = Table("domain", "mode", "statistic", "threshold", title=f"study {name}")
+    for d, v in s["domains"].items():
+        table.add_row(d, v["mode"], _fmt(v["statistic"]), _fmt(v["threshold"]))
+    out.print(table)
+    _print_summary(s)
+
+
+@study_app.command("list")
+def study_list(storage: StorageOpt = None) -> None:
+    """The searchlab studies in the storage."""
+    from searchlab.engine import status
+    from searchlab.store import Storage
+
+    store = Storage(_storage_url(storage))
+    for name in store.names():
+        s = status(store.load(name))
+        state = "finished" if s["finished"] else f"{s['rounds_done']}/{s['rounds_total']} rounds"
+        out.print(f"{name}\t{state}\t{s['candidates']} candidates\t"
+                  f"{len(s['alarms'])} alarm(s)")
+
+
+@study_app.command("audit")
+def study_audit(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of decisions.")] = False,
+) -> None:
+    """Every decision with its numbers, in order."""
+    from searchlab.store import Storage
+
+    log = Storage(_storage_url(storage)).load(name).audit_log()
+    if as_json:
+        print(json.dumps(log, indent=2))
+        return
+    for e in log:
+        fields = {k: v for k, v in e.items() if k not in ("seq", "kind", "round")}
+        r = "-" if e.get("round") is None else e["round"] + 1
+        out.print(f"[{e['seq']:4d}] round {r} {e['kind']}: {json.dumps(fields, default=str)}",
+                  soft_wrap=True)
+
+
+@study_app.command("validate")
+def study_validate(file: Annotated[str, typer.Argument(help="The study file (YAML).")]) -> None:
+    """Check a study file without running it (the back end is loaded, not run)."""
+    from searchlab.backends import load_backend
+    from searchlab.config import load_study_file
+
+    config = load_study_file(file)
+    load_backend(config.backend.name, config.backend.options, domains=config.domain_names,
+                 weights=config.weights, seed=config.seed)
+    out.print(f"{file}: ok ({config.name}: {len(config.domains)} domains, "
+              f"{config.total_candidates} candidates, external budget {config.external.total})")
+
+
+@validity_app.command("calibrate")
+def validity_calibrate(
+    streams: Annotated[int, typer.Option(min=10, help="Simulated streams of each kind.")] = 200,
+    horizon: Annotated[int, typer.Option(min=20, help="Candidates per stream.")] = 100,
+    domains: Annotated[int, typer.Option(min=1, help="Domains corrected for (Bonferroni).")] = 6,
+    alpha: Annotated[float, typer.Option(help="Study-wide false-alarm level.")] = 0.05,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Measure the validity test's false-alarm and detection rates by simulation."""
+    from searchlab.validity import DetectorSettings, calibrate
+
+    if not 0 < alpha < 1:
+        raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
+    result = calibrate(
+        streams=streams, horizon=horizon, seed=seed,
+        settings=DetectorSettings(alpha=alpha, n_domains=domains),
+    )
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, value in result.items():
+        out.print(f"{key}: {value}")
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit status 2; 130 on interrupt."""
+    try:
+        code = app(standalone_mode=False)
+    except SearchlabError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Typer's usage errors (unknown option, missing argument) know how to show themselves.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

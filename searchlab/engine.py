@@ -1,0 +1,527 @@
+"""The round loop: propose, train and evaluate, submit, test validity, switch modes, audit.
+
+One round (DESIGN.md):
+
+    propose k          surrogates + acquisition in the current modes (quasi-random in warm-up)
+    train, evaluate    each candidate through the back end -> per-domain dev
+    submit             the submission policy spends this round's external budget
+    validity           after each new (dev, external) pair, per domain, the hinge e-value test
+    modes              a domain whose test fires switches to decoupled, with the evidence
+    recommend          the best candidate by modelled external
+
+Each step writes its outcome to storage before the next starts, and a round records its phase
+(``proposed`` -> ``evaluated`` -> ``submitted`` -> ``done``), so ``resume`` continues at the first
+unfinished step: no finished candidate is redone, no submission is sent twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from searchlab.acquisition import DECOUPLED, PROXY, modelled_objective, propose_batch
+from searchlab.backends import Backend, check_dev_scores, check_external_scores
+from searchlab.config import StudyConfig
+from searchlab.errors import BackendError, SearchlabError
+from searchlab.policy import rank_for_submission, recommend, spread_by_dev
+from searchlab.space import SearchSpace
+from searchlab.store import Candidate, StudyRecord
+from searchlab.surrogate import DomainSurrogate
+from searchlab.validity import DetectorSettings, DomainMonitor, ValidityTest
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+_PHASES = ("proposed", "evaluated", "submitted", "done")
+
+
+def _phase_at_least(state: dict[str, Any] | None, phase: str) -> bool:
+    return state is not None and _PHASES.index(state["phase"]) >= _PHASES.index(phase)
+
+
+@dataclass
+class _Models:
+    """The per-domain surrogates and what they say about the completed candidates."""
+
+    numbers: list[int] = field(default_factory=list)  # completed candidates, in order
+    x: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # n x d
+    predictions: list[dict[str, np.ndarray]] = field(default_factory=list)  # per domain
+
+
+class Engine:
+    """Runs (or resumes) one stored study to the end.
+
+    Args:
+        record: The stored study.
+        config: Its validated configuration.
+        backend: The back end that trains, evaluates and submits.
+        progress: Called with an event name and its numbers, for live display.
+    """
+
+    def __init__(
+        self,
+        *,
+        record: StudyRecord,
+        config: StudyConfig,
+        backend: Backend,
+        progress: Progress | None = None,
+    ) -> None:
+        self.record = record
+        self.config = config
+        self.backend = backend
+        self.progress = progress or (lambda event, data: None)
+        self.space = SearchSpace(config.space)
+        self.domains = config.domain_names
+        self.weights = [config.weights[d] for d in self.domains]
+        self.surrogates = [
+            DomainSurrogate(
+                dim=self.space.dim,
+                simplex_groups=self.space.simplex_groups(),
+                resolution=config.external.resolution,
+            )
+            for _ in self.domains
+        ]
+        self.settings = DetectorSettings(
+            alpha=config.policy.alpha,
+            n_domains=len(self.domains),
+            knot_quantiles=tuple(config.policy.knot_quantiles),
+            return_alpha=config.policy.hysteresis.return_alpha,
+            min_dwell=config.policy.hysteresis.min_dwell,
+        )
+        self.tests = {d: ValidityTest(settings=self.settings) for d in self.domains}
+        knots = record.get("validity.warmup_dev")
+        if knots:
+            for d in self.domains:
+                self.tests[d].fix_knots(np.asarray(knots[d], dtype=float))
+        self.monitors = {
+            d: DomainMonitor.from_dict(record.get(f"monitor.{d}"))
+            if record.get(f"monitor.{d}")
+            else DomainMonitor(domain=d)
+            for d in self.domains
+        }
+        self.timings: dict[str, float] = {"fit": 0.0, "propose": 0.0, "backend": 0.0}
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.monitors[d].mode for d in self.domains]
+
+    def _round_state(self, r: int) -> dict[str, Any] | None:
+        return self.record.get(f"round.{r:04d}")
+
+    def _set_round(self, r: int, phase: str, **extra: Any) -> None:
+        state = dict(self._round_state(r) or {})
+        state.update(phase=phase, **extra)
+        self.record.put(f"round.{r:04d}", state)
+
+    def externals(self) -> dict[int, dict[str, Any]]:
+        """Submissions by candidate number (pending, done or lost)."""
+        return {int(k): v for k, v in self.record.items("external").items()}
+
+    def budget_used(self) -> int:
+        return len(self.externals())
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Runs every unfinished round, then stores and returns the recommendation."""
+        started = time.perf_counter()
+        self._recover()
+        for r in range(self.config.rounds.count):
+            state = self._round_state(r)
+            if _phase_at_least(state, "done"):
+                continue
+            self.progress("round_start", {"round": r, "rounds": self.config.rounds.count})
+            if not _phase_at_least(state, "proposed"):
+                self._propose(r)
+            if not _phase_at_least(self._round_state(r), "evaluated"):
+                self._evaluate(r)
+            if not _phase_at_least(self._round_state(r), "submitted"):
+                self._submit(r)
+            summary = self._finish_round(r)
+            self.progress("round_done", summary)
+        result = self._recommend(final=True)
+        self.record.put("finished", True)
+        self.progress("study_done", {**result, "seconds": time.perf_counter() - started})
+        return result
+
+    def _recover(self) -> None:
+        """Repairs what an interrupted process left: running candidates, unanswered submissions."""
+        for c in self.record.candidates():
+            if c.state == "RUNNING":
+                self._replace(c, "interrupted: the process running it stopped")
+        for number, sub in sorted(self.externals().items()):
+            if sub.get("state") != "pending":
+                continue
+            artefact = self._candidate(number).artefact or {}
+            recover = getattr(self.backend, "recover_external", None)
+            scores = None
+            if recover is not None:
+                try:
+                    raw = recover(artefact, submission=sub["submission"])
+                    if raw is not None:
+                        scores = check_external_scores(raw, self.domains, candidate=number)
+                except Exception as exc:  # recorded; the submission is never re-sent
+                    sub["recover_error"] = f"{type(exc).__name__}: {exc}"
+            if scores is not None:
+                self.record.put(f"external.{number}", {**sub, "state": "done", "scores": scores})
+                self.record.audit("submission_recovered", round=sub["round"], candidate=number,
+                                  submission=sub["submission"], scores=scores)
+            else:
+                self.record.put(f"external.{number}", {**sub, "state": "lost"})
+                self.record.audit(
+                    "submission_lost", round=sub["round"], candidate=number,
+                    submission=sub["submission"],
+                    note="sent before a crash, answer not recoverable; counted, never re-sent",
+                )
+
+    def _candidate(self, number: int) -> Candidate:
+        return next(c for c in self.record.candidates() if c.number == number)
+
+    def _replace(self, c: Candidate, reason: str) -> None:
+        """Fails an unfinished candidate with its reason and proposes its recipe again."""
+        self.record.fail(c.number, reason)
+        self.record.enqueue(c.recipe, round=c.round, proposal={**c.proposal, "replaces": c.number})
+        self.record.audit("candidate_replaced", round=c.round, candidate=c.number, reason=reason)
+
+    # -- propose ----------------------------------------------------------------------------
+
+    def _propose(self, r: int) -> None:
+        k = self.config.rounds.candidates
+        existing = [c for c in self.record.candidates() if c.round == r]
+        need = k - len([c for c in existing if c.state != "FAIL"])
+        modes = dict(zip(self.domains, self.modes, strict=True))
+        if need > 0 and r < self.config.policy.warmup_rounds:
+            # Quasi-random warm-up; a top-up after a crash skips the points already enqueued.
+            seed = self.config.seed * 1000 + r
+            recipes = self.space.quasi_random(k, seed=seed)[k - need :]
+            for recipe in recipes:
+                self.record.enqueue(
+                    recipe, round=r, proposal={"method": "sobol", "seed": seed, "modes": modes}
+                )
+            self.record.audit("proposal", round=r, method="sobol", count=len(recipes), seed=seed)
+        elif need > 0:
+            models = self._fit()
+            pending = [self.space.encode(c.recipe) for c in existing if c.state == "WAITING"]
+            t0 = time.perf_counter()
+            batch = propose_batch(
+                surrogates=self.surrogates,
+                weights=self.weights,
+                modes=self.modes,
+                dev_penalty=self.config.policy.dev_penalty,
+                x_baseline=models.x,
+                x_pending=np.asarray(pending) if pending else None,
+                q=need,
+                discrete_dims=self.space.discrete_dims(),
+                seed=self.config.seed * 1000 + r,
+            )
+            self.timings["propose"] += time.perf_counter() - t0
+            for i, x in enumerate(batch.x):
+                recipe = self.space.decode(x)
+                self.record.enqueue(
+                    recipe,
+                    round=r,
+                    proposal={
+                        "method": "qLogNEI",
+                        "log_acquisition": batch.acquisition[i],
+                        "predicted_objective": batch.predicted_objective[i],
+                        "modes": modes,
+                    },
+                )
+            self.record.audit(
+                "proposal", round=r, method="qLogNEI", count=len(batch.x), modes=modes,
+                dev_penalty=self.config.policy.dev_penalty,
+                log_acquisition=batch.acquisition,
+                predicted_objective=batch.predicted_objective,
+            )
+        self._set_round(r, "proposed")
+
+    # -- train and evaluate -----------------------------------------------------------------
+
+    def _evaluate(self, r: int) -> None:
+        distributions = self.space.distributions()
+        while True:
+            trial = self.record.start_next(distributions)
+            if trial is None:
+                break
+            number = trial.number
+            recipe = dict(trial.params)
+            self.progress("candidate_start", {"round": r, "candidate": number})
+            t0 = time.perf_counter()
+            try:
+                artefact = self.backend.train(
+                    recipe, candidate=number, seed=self.config.seed * 100_003 + number
+                )
+                raw = self.backend.evaluate(artefact)
+                scores = check_dev_scores(raw, self.domains, candidate=number)
+            except KeyboardInterrupt:
+                c = self._candidate(number)
+                self._replace(c, "interrupted by the user (SIGINT)")
+                raise
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, BackendError) else (
+                    f"back end raised {type(exc).__name__}: {exc}"
+                )
+                self.record.fail(number, reason)
+                self.record.audit("candidate_failed", round=r, candidate=number, reason=reason)
+                self.progress("candidate_failed", {"candidate": number, "reason": reason})
+                continue
+            finally:
+                self.timings["backend"] += time.perf_counter() - t0
+            self.record.finish(
+                number,
+                dev={d: s for d, (s, _) in scores.items()},
+                dev_n={d: n for d, (_, n) in scores.items()},
+                artefact=artefact,
+                domains=self.domains,
+            )
+            mean_dev = sum(w * scores[d][0] for d, w in zip(self.domains, self.weights, strict=True))
+            self.progress("candidate_done", {"round": r, "candidate": number, "mean_dev": mean_dev})
+        this_round = [c for c in self.record.candidates() if c.round == r]
+        if this_round and not any(c.state == "COMPLETE" for c in this_round):
+            first = next(c for c in this_round if c.error)
+            raise BackendError(
+                f"backend {self.config.backend.name!r} failed on every candidate of round {r}: "
+                f"candidate {first.number}: {first.error}"
+            )
+        self._set_round(r, "evaluated")
+
+    # -- models -----------------------------------------------------------------------------
+
+    def _fit(self) -> _Models:
+        """Fits every domain's surrogate on the completed candidates and the external scores."""
+        done = [c for c in self.record.candidates() if c.state == "COMPLETE"]
+        ext = {n: s for n, s in self.externals().items() if s.get("state") == "done"}
+        x = np.array([self.space.encode(c.recipe) for c in done])
+        index = {c.number: i for i, c in enumerate(done)}
+        ext_numbers = [n for n in sorted(ext, key=lambda n: ext[n]["submission"]) if n in index]
+        t0 = time.perf_counter()
+        predictions = []
+        for s, d in zip(self.surrogates, self.domains, strict=True):
+            s.fit(
+                x,
+                np.array([c.dev[d] for c in done]),
+                x[[index[n] for n in ext_numbers]] if ext_numbers else np.zeros((0, x.shape[1])),
+                np.array([ext[n]["scores"][d] for n in ext_numbers]),
+            )
+            predictions.append(s.predict(x))
+        self.timings["fit"] += time.perf_counter() - t0
+        return _Models(numbers=[c.number for c in done], x=x, predictions=predictions)
+
+    # -- submissions and validity -----------------------------------------------------------
+
+    def _submit(self, r: int) -> None:
+        models = self._fit()
+        if r == self.config.policy.warmup_rounds - 1 and not self.record.get("validity.warmup_dev"):
+            self._fix_knots(models)
+        externals = self.externals()
+        left = self.config.external.total - len(externals)
+        in_round = sum(1 for s in externals.values() if s["round"] == r)
+        k = max(0, min(self.config.external.per_round - in_round, left))
+        open_numbers = [n for n in models.numbers if n not in externals]
+        rows = [models.numbers.index(n) for n in open_numbers]
+        if r < self.config.policy.warmup_rounds:
+            mean_dev = sum(
+                w * p["dev_mean"][rows] for p, w in zip(models.predictions, self.weights, strict=True)
+            )
+            choices = spread_by_dev(open_numbers, np.asarray(mean_dev), k)
+        else:
+            choices = rank_for_submission(
+                open_numbers,
+                [{key: v[rows] for key, v in p.items()} for p in models.predictions],
+                self.weights,
+                self.modes,
+                k,
+                beta=self.config.policy.ucb_beta,
+            )
+        for choice in choices:
+            self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
+        self._set_round(r, "submitted")
+
+    def _submit_one(self, r: int, number: int, reason: str, score: float, models: _Models) -> None:
+        submission = self.budget_used()
+        intent = {"round": r, "submission": submission, "state": "pending", "reason": reason}
+        # The intent is stored (and counted) before the back end is called: a crash in between
+        # leaves a pending submission that resume never sends again.
+        self.record.put(f"external.{number}", intent)
+        artefact = self._candidate(number).artefact or {}
+        try:
+            raw = self.backend.submit_external(artefact, submission=submission)
+            scores = check_external_scores(raw, self.domains, candidate=number)
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            self.record.put(f"external.{number}", {**intent, "state": "failed", "error": error})
+            self.record.audit("submission_failed", round=r, candidate=number, error=error)
+            return
+        self.record.put(f"external.{number}", {**intent, "state": "done", "scores": scores})
+        self.record.audit(
+            "submission", round=r, candidate=number, submission=submission, reason=reason,
+            policy_score=score, scores=scores,
+            budget={"used": submission + 1, "left": self.config.external.total - submission - 1},
+        )
+        self.progress("submission", {"round": r, "candidate": number, "scores": scores})
+        self._check_validity(r, number, models)
+
+    def _fix_knots(self, models: _Models) -> None:
+        """Fixes each domain's knot grid from the warm-up candidates' de-noised dev."""
+        warm = {d: p["dev_mean"].tolist() for d, p in zip(self.domains, models.predictions,
+                                                           strict=True)}
+        for d in self.domains:
+            self.tests[d].fix_knots(np.asarray(warm[d]))
+        self.record.put("validity.warmup_dev", warm)
+        self.record.audit(
+            "knots_fixed", round=self.config.policy.warmup_rounds - 1,
+            knots={d: list(self.tests[d].knots or ()) for d in self.domains},
+        )
+
+    def _check_validity(self, r: int, number: int, models: _Models) -> None:
+        """Runs every domain's test on its (de-noised dev, external) pairs so far."""
+        if any(self.tests[d].knots is None for d in self.domains):
+            return
+        done = {n: s for n, s in self.externals().items() if s.get("state") == "done"}
+        order = sorted((n for n in done if n in models.numbers), key=lambda n: done[n]["submission"])
+        rows = [models.numbers.index(n) for n in order]
+        for d, p in zip(self.domains, models.predictions, strict=True):
+            monitor = self.monitors[d]
+            before = monitor.mode
+            dev = p["dev_mean"][rows]
+            ext = np.array([done[n]["scores"][d] for n in order])
+            result, event = monitor.check(self.tests[d], dev, ext)
+            if event is not None and not self.config.policy.switch:
+                # The dev-only baseline: the test is run and recorded, the mode never changes.
+                monitor.mode = before
+                self.record.audit("alarm_ignored", round=r, domain=d, candidate=number,
+                                  evidence=result.to_dict(), note="policy.switch is false")
+                event = None
+            self.record.put(f"monitor.{d}", monitor.to_dict())
+            if event is not None:
+                self.record.audit(
+                    "mode_switch", round=r, domain=d, candidate=number, from_mode=before,
+                    to_mode=monitor.mode, evidence=result.to_dict(),
+                    task_correlation=self.surrogates[self.domains.index(d)].task_correlation(),
+                )
+                self.progress("mode_switch", {"domain": d, "candidate": number, "to": monitor.mode})
+
+    # -- end of round -----------------------------------------------------------------------
+
+    def _finish_round(self, r: int) -> dict[str, Any]:
+        result = self._recommend(final=False)
+        self._set_round(r, "done")
+        summary = {
+            "round": r,
+            "candidates": sum(1 for c in self.record.candidates() if c.state == "COMPLETE"),
+            "best_dev": result.get("best_dev"),
+            "modelled_external": result["recommendation"]["modelled_external"],
+            "modes": dict(zip(self.domains, self.modes, strict=True)),
+            "alarms": len(alarms(self.record)),
+            "budget_left": self.config.external.total - self.budget_used(),
+        }
+        self.record.audit("round_done", **summary)
+        return summary
+
+    def _recommend(self, *, final: bool) -> dict[str, Any]:
+        models = self._fit()
+        done = {c.number: c for c in self.record.candidates() if c.state == "COMPLETE"}
+        mean, sd = modelled_objective(self.surrogates, self.weights, models.x)
+        basis = "modelled external"
+        if np.isnan(mean).all():
+            mean, sd = modelled_objective(self.surrogates, self.weights, models.x, task=0)
+            basis = "modelled dev (no external score observed yet)"
+        number, value = recommend(models.numbers, mean)
+        mean_dev = {n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights,
+                                                               strict=True)) for n in done}
+        best_dev = max(mean_dev, key=mean_dev.__getitem__)
+        rec = {
+            "candidate": number,
+            "recipe": done[number].recipe,
+            "modelled_external": value,
+            "modelled_external_sd": float(sd[models.numbers.index(number)]),
+            "basis": basis,
+        }
+        best = {"candidate": best_dev, "mean_dev": mean_dev[best_dev]}
+        truth = self._truth
+        if truth is not None:
+            rec.update(truth(done[number]))
+            best.update(truth(done[best_dev]))
+        result = {"recommendation": rec, "best_dev_candidate": best, "best_dev": mean_dev[best_dev]}
+        self.record.put("recommendation", result)
+        if final:
+            self.record.audit("recommendation", round=self.config.rounds.count - 1, **result)
+        return result
+
+    @property
+    def _truth(self) -> Callable[[Candidate], dict[str, float]] | None:
+        """True external and regret of a candidate, when the back end knows the truth."""
+        true_external = getattr(self.backend, "true_external", None)
+        optimum = getattr(self.backend, "optimum", None)
+        if true_external is None or optimum is None:
+            return None
+        best = float(optimum())
+
+        def truth(c: Candidate) -> dict[str, float]:
+            per_domain = true_external(c.artefact or {"recipe": c.recipe, "candidate": c.number})
+            value = sum(w * per_domain[d] for d, w in zip(self.domains, self.weights, strict=True))
+            return {"true_external": float(value), "regret": float(best - value)}
+
+        return truth
+
+
+def alarms(record: StudyRecord) -> list[dict[str, Any]]:
+    """Every switch to decoupled mode: which domain, on which candidate's submission."""
+    return [
+        {"domain": e["domain"], "candidate": e["candidate"], "round": e["round"]}
+        for e in record.audit_log()
+        if e["kind"] == "mode_switch" and e.get("to_mode") == DECOUPLED
+    ]
+
+
+def status(record: StudyRecord) -> dict[str, Any]:
+    """The study's state as one JSON-safe object (the ``status --json`` contract)."""
+    config = StudyConfig.model_validate(record.config_data)
+    rounds = [v for _, v in sorted(record.items("round").items())]
+    externals = record.items("external")
+    candidates = record.candidates()
+    domains: dict[str, Any] = {}
+    for d in config.domain_names:
+        m = record.get(f"monitor.{d}") or {}
+        last = (m.get("history") or [{}])[-1]
+        domains[d] = {
+            "mode": m.get("mode", PROXY),
+            "statistic": last.get("statistic"),
+            "threshold": last.get("threshold", len(config.domains) / config.policy.alpha),
+        }
+    used = len(externals)
+    rec = record.get("recommendation") or {}
+    out: dict[str, Any] = {
+        "name": record.name,
+        "finished": bool(record.get("finished", False)),
+        "rounds_done": sum(1 for s in rounds if s.get("phase") == "done"),
+        "rounds_total": config.rounds.count,
+        "candidates": sum(1 for c in candidates if c.state == "COMPLETE"),
+        "failed_candidates": sum(1 for c in candidates if c.state == "FAIL"),
+        "external_budget": {"used": used, "left": config.external.total - used,
+                            "total": config.external.total},
+        "domains": domains,
+        "alarms": alarms(record),
+        "recommendation": rec.get("recommendation"),
+        "best_dev_candidate": rec.get("best_dev_candidate"),
+    }
+    return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+__all__ = ["Engine", "SearchlabError", "alarms", "status"]

@@ -1,0 +1,824 @@
+r"""Anytime-valid test that a domain's dev proxy has stopped tracking its external score.
+
+Per domain, on the candidates that have both scores, in arrival order, let ``x`` be the
+de-noised dev score (the caller passes a GP posterior mean, never the raw observed dev, so that
+no candidate enters the test through its own noise: winner's curse) and ``y`` the observed
+external score. "Operational collapse" is: *the slope of external on dev in the high-dev region
+is <= 0*. Correlation is not tested: it falls with no Goodhart at all as the optimiser
+concentrates (range restriction).
+
+Hinge regression
+----------------
+For a knot ``k`` (fixed once, after warm-up, at quantiles of the warm-up dev values)
+
+.. math::
+
+    y_i = a + b\,\min(x_i, k) + s\,(x_i - k)_+ + \varepsilon_i,
+    \qquad \varepsilon_i \sim N(0, \sigma^2),
+
+so ``b`` is the slope below the knot and ``s`` the slope above it. The alarm test is
+``H0: s >= 0`` against ``H1: s < 0`` (``direction=-1``); the mirrored test used for the return
+to proxy mode is ``H0: s <= 0`` against ``s > 0`` (``direction=+1``).
+
+Mixture Bayes factor (Lindon, Ham, Tingley & Bojinov 2022)
+----------------------------------------------------------
+With right-Haar priors on the nuisances (flat on ``a, b``, ``1/sigma`` on ``sigma``) and the
+scale-invariant prior ``s | sigma ~ N(0, sigma^2 g)``, write ``W = [1, min(x,k), (x-k)_+]``
+(``n x 3``), ``s_hat`` the OLS estimate, ``v = [(W'W)^{-1}]_{ss}``, ``RSS`` the residual sum of
+squares, ``nu = n - 3`` and ``t = s_hat / sqrt(v RSS / nu)``. Integrating ``a, b`` gives a
+likelihood ``sigma^{-(n-2)} exp(-(RSS + (s - s_hat)^2 / v) / (2 sigma^2))`` and then
+
+.. math::
+
+    BF_2 = (1 + g/v)^{-1/2}
+        \left[\frac{1 + t^2/\nu}{1 + t^2 / (\nu (1 + g/v))}\right]^{(\nu+1)/2}.
+
+One-sided version (half-normal prior on ``direction * s > 0``, i.e. twice the normal prior
+restricted to that half-line):
+
+.. math::
+
+    E = 2\,BF_2\,P(\mathrm{direction}\cdot s > 0 \mid \text{data}),
+
+where under the normal-prior model ``s | data`` is a Student t with ``nu + 1`` degrees of
+freedom, location ``m = s_hat g / (v + g)`` and scale
+``sqrt(S / (nu + 1)) * sqrt(v g / (v + g))``, ``S = RSS + s_hat^2 / (v + g)``. (With ``sigma``
+known this tends to ``2 sqrt(v/(v+g)) exp(t^2 g / (2 (v+g))) Phi(-s_hat sqrt(g) /
+(sigma sqrt(v (v+g))))`` for ``direction=-1``.) The formulas are checked against direct
+numerical integration in ``tests/test_validity.py``.
+
+``x`` is divided by the warm-up standard deviation of dev, so ``g = prior_scale`` (default 1)
+means "a slope of one residual sd per dev sd". The test statistic is the average of the knot-wise
+e-values (an average of e-values is an e-value; Ramdas, Grünwald, Vovk & Shafer 2023, "Game-
+theoretic statistics and safe anytime-valid inference"; Vovk & Wang 2021, "E-values:
+calibration, combination and applications"). A knot with fewer than ``min_above`` pairs above it,
+or ``nu < 2``, contributes ``E_k = 1`` (no evidence).
+
+Threshold
+---------
+Ville's inequality: for a non-negative (super)martingale ``E_n`` with ``E_0 = 1`` under the null,
+``P(sup_n E_n >= c) <= 1/c``. A study-wide level ``alpha`` over ``n_domains`` domains
+(Bonferroni) gives the threshold ``c = n_domains / alpha``. An alarm also requires the slope
+estimate above the dominant knot (the one with the largest ``E_k``) to point the tested way.
+
+What is and is not exact
+------------------------
+Each ``E_k`` is a test martingale (for the point null ``s = 0``, Gaussian homoscedastic errors and
+a predictable design) with respect to the filtration of the maximal invariant (Lindon et al.
+2022; Pérez-Ortiz, Lardy, de Heide & Grünwald 2024, "E-statistics, group invariance and anytime
+valid testing"). For ``s > 0`` the one-sided mixture is smaller in expectation (monotone
+likelihood ratio), so ``H0: s >= 0`` is covered. Three things are *not* exact and are covered by
+simulation instead (:func:`calibrate`): the knot average (the ``E_k`` are martingales on
+different invariant filtrations, so Ville's inequality for their average is not guaranteed),
+a de-noised ``x`` that the caller may revise over time, and a true link that is not a hinge
+(concave, binomial and rounded scores).
+
+Hysteresis
+----------
+:class:`DomainMonitor` holds a domain's mode. In ``"proxy"`` mode it runs the alarm test on the
+pairs since the last switch (all pairs at first) and switches to ``"decoupled"`` when it fires.
+In ``"decoupled"`` mode it runs the mirrored test on the pairs that arrived after the switch and
+returns to ``"proxy"`` when that reaches ``n_domains / return_alpha`` and at least ``min_dwell``
+pairs have arrived since the switch. Each switch starts a fresh e-process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import special, stats
+
+__all__ = [
+    "DetectorSettings",
+    "DomainMonitor",
+    "ValidityResult",
+    "ValidityTest",
+    "calibrate",
+    "hinge_evalue",
+    "simulate_stream",
+]
+
+_LOG_MAX = 690.0  # exp(690) ~ 1e300: cap so statistics stay finite floats
+_MODES = ("proxy", "decoupled")
+FORM = "continuous"
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Settings of the validity test and of its hysteresis.
+
+    Attributes:
+        alpha: Study-wide false-alarm level of the alarm test (over all domains and all checks).
+        n_domains: Number of domains monitored in the study (Bonferroni over domains).
+        knot_quantiles: Quantiles of the warm-up dev values at which the knots are fixed.
+        prior_scale: ``g``: prior variance of the standardised slope change, in units of
+            ``sigma^2`` (slope in residual sds per dev sd).
+        min_pairs: No test before this many pairs (returns an untestable result).
+        min_above: A knot with fewer paired points strictly above it contributes ``E_k = 1``.
+        return_alpha: Level of the mirrored test that returns a domain to proxy mode.
+        min_dwell: A decoupled domain returns only after at least this many pairs have arrived
+            since the switch.
+    """
+
+    alpha: float = 0.05
+    n_domains: int = 1
+    knot_quantiles: tuple[float, ...] = (0.5, 0.7, 0.85)
+    prior_scale: float = 1.0
+    min_pairs: int = 6
+    min_above: int = 3
+    return_alpha: float = 0.05
+    min_dwell: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0 or not 0.0 < self.return_alpha < 1.0:
+            raise ValueError("alpha and return_alpha must lie in (0, 1)")
+        if self.n_domains < 1:
+            raise ValueError("n_domains must be >= 1")
+        if not self.knot_quantiles or any(not 0.0 < q < 1.0 for q in self.knot_quantiles):
+            raise ValueError("knot_quantiles must be a non-empty tuple of values in (0, 1)")
+        if self.prior_scale <= 0.0:
+            raise ValueError("prior_scale must be > 0")
+        if self.min_pairs < 5 or self.min_above < 1 or self.min_dwell < 0:
+            raise ValueError("need min_pairs >= 5, min_above >= 1, min_dwell >= 0")
+
+    @property
+    def threshold(self) -> float:
+        """Alarm threshold on the e-value: ``n_domains / alpha`` (Ville + Bonferroni)."""
+        return self.n_domains / self.alpha
+
+    @property
+    def return_threshold(self) -> float:
+        """Threshold of the mirrored (return) test: ``n_domains / return_alpha``."""
+        return self.n_domains / self.return_alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the settings as a JSON-safe dict."""
+        return {
+            "alpha": self.alpha,
+            "n_domains": self.n_domains,
+            "knot_quantiles": list(self.knot_quantiles),
+            "prior_scale": self.prior_scale,
+            "min_pairs": self.min_pairs,
+            "min_above": self.min_above,
+            "return_alpha": self.return_alpha,
+            "min_dwell": self.min_dwell,
+        }
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class ValidityResult:
+    """Outcome of one check.
+
+    Attributes:
+        statistic: ``E``, the knot-averaged e-value; 1.0 when not testable.
+        threshold: Threshold the statistic was compared with.
+        slope_high: Estimated slope of external on dev above the dominant knot (``s_hat``), in
+            external units per dev unit (unstandardised); nan if untestable.
+        slope_low: Estimated slope below the dominant knot (``b_hat``), same units; nan if
+            untestable.
+        knot: Dominant knot (largest ``E_k``) in dev units; nan if no knot was testable.
+        n_pairs: Number of pairs the test used.
+        fired: Whether ``statistic >= threshold`` and the slope above the dominant knot points
+            the tested way.
+    """
+
+    statistic: float
+    threshold: float
+    slope_high: float
+    slope_low: float
+    knot: float
+    n_pairs: int
+    fired: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-safe dict (nan and inf become ``None``)."""
+        return {
+            "statistic": _json_float(self.statistic),
+            "threshold": _json_float(self.threshold),
+            "slope_high": _json_float(self.slope_high),
+            "slope_low": _json_float(self.slope_low),
+            "knot": _json_float(self.knot),
+            "n_pairs": int(self.n_pairs),
+            "fired": bool(self.fired),
+        }
+
+
+def _log_evalue_from_stats(
+    s_hat: float, v: float, rss: float, nu: int, g: float, direction: int
+) -> float:
+    """Log of the one-sided mixture e-value from the regression summaries.
+
+    Args:
+        s_hat: OLS estimate of the hinge coefficient.
+        v: ``[(W'W)^{-1}]_{ss}``.
+        rss: Residual sum of squares of the full (3-parameter) fit.
+        nu: Residual degrees of freedom ``n - 3``.
+        g: Prior scale.
+        direction: -1 for the alternative ``s < 0``, +1 for ``s > 0``.
+
+    Returns:
+        ``log E`` (may be ``-inf``).
+    """
+    r = g / v
+    t2 = s_hat * s_hat * nu / (v * rss)
+    log_bf2 = -0.5 * math.log1p(r) + 0.5 * (nu + 1) * (
+        math.log1p(t2 / nu) - math.log1p(t2 / (nu * (1.0 + r)))
+    )
+    s_post = rss + s_hat * s_hat / (v + g)
+    loc = s_hat * g / (v + g)
+    scale = math.sqrt(s_post / (nu + 1) * v * g / (v + g))
+    prob = float(special.stdtr(nu + 1, direction * loc / scale))
+    if prob <= 0.0:
+        return -math.inf
+    return math.log(2.0) + log_bf2 + math.log(prob)
+
+
+def _hinge_fit(
+    x: np.ndarray, y: np.ndarray, knot: float, form: str = "continuous"
+) -> tuple[float, float, float, float, int] | None:
+    """OLS fit of the hinge model by QR.
+
+    Args:
+        x: Dev values, shape ``(n,)``.
+        y: External values, shape ``(n,)``.
+        knot: Knot, same units as ``x``.
+        form: ``"continuous"`` (``[1, min(x,k), (x-k)_+]``), ``"broken"`` (separate lines below
+            and above the knot, pooled variance) or ``"local"`` (a line through the points above
+            the knot only).
+
+    Returns:
+        ``(s_hat, b_hat, v, rss, nu)`` or ``None`` if the design is rank deficient or the fit
+        exact.
+    """
+    above = x > knot
+    if form == "continuous":
+        design = np.column_stack([np.ones_like(x), np.minimum(x, knot), np.maximum(x - knot, 0.0)])
+    elif form == "broken":
+        lo = (~above).astype(float)
+        design = np.column_stack([lo, (x - knot) * lo, above.astype(float), np.maximum(x - knot, 0.0)])
+    elif form == "local":
+        x, y = x[above], y[above]
+        design = np.column_stack([np.ones_like(x), x - knot])
+    else:
+        raise ValueError(f"unknown form {form!r}")
+    n, p = design.shape
+    if n - p < 2:
+        return None
+    q, r = np.linalg.qr(design)
+    diag = np.abs(np.diag(r))
+    if diag.min() <= 1e-10 * max(diag.max(), 1e-300):
+        return None
+    qty = q.T @ y
+    beta = np.linalg.solve(r, qty)
+    resid = y - design @ beta
+    rss = float(resid @ resid)
+    if not rss > 1e-14 * max(float(y @ y), 1e-300):
+        return None
+    v = 1.0 / float(r[-1, -1]) ** 2  # [(R'R)^{-1}]_{pp} = 1 / R_pp^2 for upper-triangular R
+    b_hat = float(beta[1]) if form != "local" else math.nan
+    return float(beta[-1]), b_hat, v, rss, n - p
+
+
+def hinge_evalue(
+    x: np.ndarray,
+    y: np.ndarray,
+    knot: float,
+    *,
+    prior_scale: float,
+    direction: int = -1,
+    min_above: int = 3,
+) -> tuple[float, float, float]:
+    """One-sided mixture e-value for the slope change at one knot.
+
+    ``x`` should be standardised (divided by the warm-up sd of dev) so that ``prior_scale`` means
+    "slope of sqrt(g) residual sds per unit of x"; the e-value is invariant to the scale of ``y``.
+
+    Args:
+        x: De-noised dev values, shape ``(n,)``.
+        y: External values, shape ``(n,)``.
+        knot: Knot in the units of ``x``.
+        prior_scale: ``g``, prior variance of ``s`` in units of ``sigma^2``.
+        direction: -1 tests ``H0: s >= 0`` against ``s < 0``; +1 tests ``H0: s <= 0`` against
+            ``s > 0``.
+        min_above: Fewer points than this strictly above the knot gives ``E = 1``.
+
+    Returns:
+        ``(E, s_hat, b_hat)``: the e-value (1.0 when not testable), the OLS slope above the knot
+        and the OLS slope below it, in units of ``y`` per unit of ``x`` (nan when not testable).
+    """
+    if direction not in (-1, 1):
+        raise ValueError("direction must be -1 or +1")
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
+    nan = math.nan
+    n = x.size
+    nu = n - 3
+    if nu < 2 or int(np.count_nonzero(x > knot)) < min_above:
+        return 1.0, nan, nan
+    fit = _hinge_fit(x, y, knot, FORM)
+    if fit is None:
+        return 1.0, nan, nan
+    s_hat, b_hat, v, rss, nu = fit
+    log_e = _log_evalue_from_stats(s_hat, v, rss, nu, prior_scale, direction)
+    return math.exp(min(log_e, _LOG_MAX)), s_hat, b_hat
+
+
+class ValidityTest:
+    """Knot-averaged hinge e-value test for one domain (knots shared by all checks).
+
+    Attributes:
+        settings: The detector settings.
+        knots: Knots in dev units, fixed by :meth:`fix_knots`; ``None`` before.
+        scale: Standard deviation of the warm-up dev values (the unit of ``prior_scale``);
+            ``None`` before :meth:`fix_knots`.
+    """
+
+    def __init__(self, *, settings: DetectorSettings) -> None:
+        """Creates a test with no knots yet.
+
+        Args:
+            settings: Detector settings.
+        """
+        self.settings = settings
+        self.knots: tuple[float, ...] | None = None
+        self.scale: float | None = None
+
+    def fix_knots(self, warmup_dev: np.ndarray) -> None:
+        """Fixes the knots (quantiles of the warm-up dev values) and the dev scale, once.
+
+        A second call leaves the knots and the scale as they are (they must not move with the
+        data the test later sees).
+
+        Args:
+            warmup_dev: De-noised dev values of all warm-up candidates (not only those with an
+                external score), shape ``(n,)``.
+        """
+        if self.knots is not None:
+            return
+        values = np.asarray(warmup_dev, dtype=float).ravel()
+        values = values[np.isfinite(values)]
+        if values.size < 2:
+            raise ValueError("fix_knots needs at least two finite warm-up dev values")
+        sd = float(np.std(values, ddof=1))
+        quantiles = np.quantile(values, np.asarray(self.settings.knot_quantiles))
+        self.scale = sd if sd > 0.0 else 1.0
+        self.knots = tuple(float(k) for k in quantiles)
+
+    def evaluate(
+        self, dev: np.ndarray, external: np.ndarray, *, direction: int = -1
+    ) -> ValidityResult:
+        """Runs the test on all pairs so far.
+
+        Args:
+            dev: De-noised dev of the paired candidates in arrival order, shape ``(n,)``.
+            external: Observed external scores of the same candidates, shape ``(n,)``. Pairs
+                with a non-finite value in either array are dropped.
+            direction: -1 for the alarm test (slope above the knot < 0), +1 for the mirrored
+                return test (slope > 0).
+
+        Returns:
+            The :class:`ValidityResult`; ``threshold`` is ``settings.threshold`` for
+            ``direction=-1`` and ``settings.return_threshold`` for ``+1``.
+
+        Raises:
+            RuntimeError: If :meth:`fix_knots` has not been called.
+        """
+        if self.knots is None or self.scale is None:
+            raise RuntimeError("ValidityTest.fix_knots must be called before evaluate")
+        if direction not in (-1, 1):
+            raise ValueError("direction must be -1 or +1")
+        st = self.settings
+        threshold = st.threshold if direction < 0 else st.return_threshold
+        dev = np.asarray(dev, dtype=float).ravel()
+        external = np.asarray(external, dtype=float).ravel()
+        if dev.shape != external.shape:
+            raise ValueError(
+                f"dev and external must have the same shape, got {dev.shape}, {external.shape}"
+            )
+        keep = np.isfinite(dev) & np.isfinite(external)
+        dev, external = dev[keep], external[keep]
+        n = int(dev.size)
+        nan = math.nan
+        untestable = ValidityResult(1.0, threshold, nan, nan, nan, n, False)
+        if n < st.min_pairs or n - 3 < 2:
+            return untestable
+        x = dev / self.scale
+        log_es: list[float] = []
+        best: tuple[float, float, float, float] | None = None  # (log E_k, s_hat, b_hat, knot)
+        for knot in self.knots:
+            k_std = knot / self.scale
+            if int(np.count_nonzero(x > k_std)) < st.min_above:
+                log_es.append(0.0)
+                continue
+            fit = _hinge_fit(x, external, k_std, FORM)
+            if fit is None:
+                log_es.append(0.0)
+                continue
+            s_hat, b_hat, v, rss, nu = fit
+            log_e = _log_evalue_from_stats(s_hat, v, rss, nu, st.prior_scale, direction)
+            log_es.append(log_e)
+            if best is None or log_e > best[0]:
+                best = (log_e, s_hat, b_hat, knot)
+        if best is None:
+            return untestable
+        log_stat = float(special.logsumexp(log_es)) - math.log(len(log_es))
+        statistic = math.exp(min(log_stat, _LOG_MAX))
+        _, s_hat, b_hat, knot = best
+        fired = statistic >= threshold and direction * s_hat > 0.0
+        return ValidityResult(
+            statistic=statistic,
+            threshold=threshold,
+            slope_high=s_hat / self.scale,
+            slope_low=b_hat / self.scale,
+            knot=float(knot),
+            n_pairs=n,
+            fired=bool(fired),
+        )
+
+
+@dataclass
+class DomainMonitor:
+    """Per-domain mode state with hysteresis; persisted as JSON by the engine.
+
+    Attributes:
+        domain: Domain name.
+        mode: ``"proxy"`` or ``"decoupled"``.
+        switched_at_pair: Number of pairs when the mode last switched (``None`` before the
+            first switch). The test of the current mode uses the pairs after this point.
+        checks_since_switch: Number of checks run since the last switch (or since creation).
+        history: One entry per check: ``{"n_pairs", "statistic", "threshold", "mode", "event",
+            "test"}`` where ``n_pairs`` counts all pairs, ``mode`` is the mode *after* the check,
+            ``event`` is ``None``, ``"decoupled"`` or ``"proxy"`` and ``test`` is ``"alarm"`` or
+            ``"return"`` (the test whose statistic is recorded).
+    """
+
+    domain: str
+    mode: str = "proxy"
+    switched_at_pair: int | None = None
+    checks_since_switch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def check(
+        self, test: ValidityTest, dev: np.ndarray, external: np.ndarray
+    ) -> tuple[ValidityResult, str | None]:
+        """Runs the test relevant to the current mode and switches mode if it fires.
+
+        In proxy mode the alarm test (slope above the knot < 0) runs on the pairs since the last
+        switch; in decoupled mode the mirrored test (slope > 0) runs on the pairs that arrived
+        after the switch, and the domain returns only once at least ``min_dwell`` pairs have
+        arrived since the switch.
+
+        Args:
+            test: The domain's test, with knots fixed.
+            dev: De-noised dev of all paired candidates so far, in arrival order, shape ``(n,)``.
+            external: Their observed external scores, shape ``(n,)``. Pairs with a non-finite
+                value are dropped before counting.
+
+        Returns:
+            ``(result, event)``: the result of the test that ran and ``None``, ``"decoupled"``
+            (alarm: switched to decoupled) or ``"proxy"`` (returned to proxy).
+        """
+        if self.mode not in _MODES:
+            raise ValueError(f"unknown mode {self.mode!r}")
+        dev = np.asarray(dev, dtype=float).ravel()
+        external = np.asarray(external, dtype=float).ravel()
+        if dev.shape != external.shape:
+            raise ValueError("dev and external must have the same shape")
+        keep = np.isfinite(dev) & np.isfinite(external)
+        dev, external = dev[keep], external[keep]
+        n = int(dev.size)
+        start = min(self.switched_at_pair or 0, n)
+        test_name = "alarm" if self.mode == "proxy" else "return"
+        self.checks_since_switch += 1
+        event: str | None = None
+        if self.mode == "proxy":
+            result = test.evaluate(dev[start:], external[start:], direction=-1)
+            if result.fired:
+                event = "decoupled"
+        else:
+            result = test.evaluate(dev[start:], external[start:], direction=1)
+            if result.fired and n - start >= test.settings.min_dwell:
+                event = "proxy"
+        if event is not None:
+            self.mode = event
+            self.switched_at_pair = n
+            self.checks_since_switch = 0
+        self.history.append(
+            {
+                "n_pairs": n,
+                "statistic": _json_float(result.statistic),
+                "threshold": _json_float(result.threshold),
+                "mode": self.mode,
+                "event": event,
+                "test": test_name,
+            }
+        )
+        return result, event
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the state as a JSON-safe dict."""
+        return {
+            "domain": self.domain,
+            "mode": self.mode,
+            "switched_at_pair": self.switched_at_pair,
+            "checks_since_switch": self.checks_since_switch,
+            "history": [dict(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DomainMonitor:
+        """Rebuilds a monitor from :meth:`to_dict` output.
+
+        Args:
+            d: The dict.
+
+        Returns:
+            The monitor.
+        """
+        switched = d.get("switched_at_pair")
+        return cls(
+            domain=str(d["domain"]),
+            mode=str(d.get("mode", "proxy")),
+            switched_at_pair=None if switched is None else int(switched),
+            checks_since_switch=int(d.get("checks_since_switch", 0)),
+            history=[dict(h) for h in d.get("history", [])],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Simulation: honest streams and calibration of the detector
+# --------------------------------------------------------------------------------------------
+
+_STREAM_KINDS = ("null", "decline", "plateau", "decline_mixed")
+_NULL_VARIANTS = ("linear_locked", "linear", "concave")
+
+
+def simulate_stream(
+    kind: str,
+    *,
+    horizon: int,
+    rng: np.random.Generator,
+    onset: int | None = None,
+    warmup: int = 15,
+    variant: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Simulates one domain's stream of (de-noised dev, observed external) pairs.
+
+    Scales follow the weak-domain reference of NOTES.md (logit scale: ``a_p = 1.2``,
+    ``a_g = 0.6``, ``b_g = 0.5``). The optimiser moves a genuine-skill coordinate ``G`` in
+    ``[0, G_max]`` (``G_max ~ U(1.5, 2.5)``) and a hack coordinate ``d``; the dev logit is
+    ``L + (G - G_max) + a_p (d - 0.6)`` where ``L ~ U(0.2, 0.8)`` is the level reached before
+    the onset (dev accuracy 0.55-0.69). Before the onset ``d <= 0.6``; at ``onset`` the range of
+    ``d`` opens to ``d_max ~ U(1.2, 1.5)`` (dev up to 0.71-0.87) and the optimiser moves there,
+    since dev keeps rising with ``d``.
+
+    The optimiser: ``warmup`` quasi-random candidates (``G`` and ``d`` uniform on their ranges),
+    then exploitation that concentrates on the largest ``G`` and ``d`` with a shrinking spread
+    (range restriction), with 10 % random exploration throughout.
+
+    External (logit) is ``E_L + link(dev logit - L) + u + e`` where ``E_L ~ U(-0.2, 0.4)``
+    (external accuracy 0.45-0.60 at the reached level), ``u`` and ``e`` are a term dev cannot
+    see and a seed effect (0.05 logit each), and with ``z = dev logit - L`` and healthy slope
+    ``s ~ U(0.6, 1.0)``:
+
+    * ``"null"``, one of three variants (drawn, or ``variant``): ``"linear_locked"`` (the range
+      never opens; ``link = s z``), ``"linear"`` (it opens, harmlessly: slope ``s`` below ``L``,
+      ``a_g / a_p = 0.5`` above) and ``"concave"`` (diminishing but positive returns over the
+      whole range: ``s`` times a saturating exponential with curvature ``kappa ~ U(2, 3)``,
+      slope at ``L`` 0.16-0.31 ``s``, still rising above it).
+    * ``"decline"``: slope ``s`` below ``L``; above it the reference hump past its peak,
+      ``h(0.6 + z / a_p) - h(0.6)`` with ``h(d) = d (a_g - b_g d)``: external falls with dev, by
+      0.18 to 0.41 logit (about 0.045 to 0.10 accuracy) at the top, local slope 0 at ``L`` and
+      -0.5 to -0.75 logit per dev logit at the top (the reference's dev-optimal recipe costs
+      0.061 external accuracy).
+    * ``"plateau"``: slope ``s`` below ``L``, 0 above.
+    * ``"decline_mixed"``: the two-coordinate form of the reference, ``external = E_L + s (G -
+      G_max) + h(d) - h(0.6)``: external falls with ``d`` at fixed ``G``, but at a given dev it
+      also depends on how dev was reached, so while ``G`` is still improving after the onset the
+      slope of external on dev above ``L`` can stay positive. Harder than ``"decline"``.
+
+    Scores are accuracies: the caller's GP mean of dev is emulated as the true dev accuracy
+    plus N(0, 0.01^2); external is binomial on 1000 items, floored to 2 decimals and to at least
+    0.01, like the leaderboard. The random draws do not depend on ``kind`` or ``variant``
+    (common random numbers: the same generator state gives the same optimiser path and noise).
+
+    Args:
+        kind: ``"null"``, ``"decline"``, ``"plateau"`` or ``"decline_mixed"``.
+        horizon: Number of candidates.
+        rng: Random generator.
+        onset: Index (0-based) of the first candidate after the range opens; drawn uniformly in
+            ``[0.3 horizon, 0.55 horizon]`` (at least ``warmup + 5``) when ``None``.
+        warmup: Number of quasi-random warm-up candidates.
+        variant: Null variant (ignored unless ``kind == "null"``); drawn when ``None``.
+
+    Returns:
+        ``(dev, external, onset)``: de-noised dev accuracy, shape ``(horizon,)``; observed
+        external accuracy, shape ``(horizon,)``; the onset (``None`` for null streams).
+    """
+    if kind not in _STREAM_KINDS:
+        raise ValueError(f"kind must be one of {_STREAM_KINDS}, got {kind!r}")
+    if variant is not None and variant not in _NULL_VARIANTS:
+        raise ValueError(f"variant must be one of {_NULL_VARIANTS}")
+    h = int(horizon)
+    # stream parameters (always drawn in this order: common random numbers across kinds)
+    g_max = rng.uniform(1.5, 2.5)
+    top_dev = rng.uniform(0.2, 0.8)
+    top_ext = rng.uniform(-0.2, 0.4)
+    s_gen = rng.uniform(0.6, 1.0)
+    d_max = rng.uniform(1.2, 1.5)
+    kappa = rng.uniform(2.0, 3.0)
+    u_variant = rng.uniform()
+    u_onset = rng.uniform()
+    explore = rng.uniform(size=h) < 0.1
+    u_g, z_g = rng.uniform(size=h), rng.standard_normal(h)
+    u_d, z_d = rng.uniform(size=h), rng.standard_normal(h)
+    z_gp, z_unseen, z_seed = (rng.standard_normal(h) for _ in range(3))
+    u_binom = rng.uniform(size=h)
+
+    if onset is None:
+        onset = max(round(h * (0.3 + 0.25 * u_onset)), warmup + 5)
+    if variant is None:
+        variant = _NULL_VARIANTS[min(int(u_variant * 3), 2)]
+    d_lock, a_p, a_g, b_g = 0.6, 1.2, 0.6, 0.5
+    opens = kind != "null" or variant != "linear_locked"
+
+    # optimiser path
+    t = np.arange(h)
+    d_avail = np.where((t >= onset) & opens, d_max, d_lock)
+    random_phase = (t < warmup) | explore
+    sd_g = 0.35 * np.exp(-np.maximum(t - warmup, 0) / 25.0) + 0.06
+    since = np.where((t >= onset) & opens, t - onset, t - warmup)
+    sd_d = 0.7 * np.exp(-np.maximum(since, 0) / 10.0) + 0.1
+    gen = np.where(random_phase, g_max * u_g, g_max * (1.0 - np.abs(z_g) * sd_g))
+    gen = np.clip(gen, 0.0, g_max)
+    hack = np.where(random_phase, d_avail * u_d, d_avail * (1.0 - np.abs(z_d) * sd_d))
+    hack = np.clip(hack, 0.0, d_avail)
+    z = (gen - g_max) + a_p * (hack - d_lock)  # dev logit relative to the reached level
+
+    def hump(d: np.ndarray) -> np.ndarray:
+        return d * (a_g - b_g * d)
+
+    below, above = np.minimum(z, 0.0), np.maximum(z, 0.0)
+    if kind == "decline":
+        link = s_gen * below + hump(d_lock + above / a_p) - hump(np.asarray(d_lock))
+    elif kind == "plateau":
+        link = s_gen * below
+    elif kind == "decline_mixed":
+        link = s_gen * (gen - g_max) + hump(hack) - hump(np.asarray(d_lock))
+    elif variant == "concave":
+        span = g_max + a_p * d_lock  # warm-up range of the dev logit
+        w = (z + span) / span  # 0 at the bottom of the range, 1 at the reached level
+        conc = (1.0 - np.exp(-kappa * w)) / (1.0 - math.exp(-kappa))
+        link = s_gen * span * (conc - 1.0)
+    else:
+        link = s_gen * below + (a_g / a_p) * above
+    ext_logit = top_ext + link + 0.05 * z_unseen + 0.05 * z_seed
+
+    dev = special.expit(top_dev + z) + 0.01 * z_gp
+    ext_obs = stats.binom.ppf(u_binom, 1000, special.expit(ext_logit)) / 1000.0
+    ext_obs = np.maximum(np.floor(ext_obs * 100.0 + 1e-9) / 100.0, 0.01)
+    return dev.astype(float), ext_obs.astype(float), (None if kind == "null" else int(onset))
+
+
+def _run_monitor(
+    dev: np.ndarray,
+    external: np.ndarray,
+    settings: DetectorSettings,
+    warmup: int,
+    stop_after: int,
+) -> tuple[int | None, int | None]:
+    """Checks after every candidate from the end of the warm-up on.
+
+    Args:
+        dev: De-noised dev, shape ``(n,)``.
+        external: External, shape ``(n,)``.
+        settings: Detector settings.
+        warmup: Knots are fixed from the first ``warmup`` dev values; checks start then.
+        stop_after: The run stops at the first alarm with ``n_pairs > stop_after``.
+
+    Returns:
+        ``(first, first_after)``: the number of pairs at the first alarm and at the first alarm
+        after ``stop_after`` pairs (``None`` where there was none).
+    """
+    test = ValidityTest(settings=settings)
+    test.fix_knots(dev[:warmup])
+    monitor = DomainMonitor(domain="sim")
+    first: int | None = None
+    for n in range(warmup, dev.size + 1):
+        _, event = monitor.check(test, dev[:n], external[:n])
+        if event == "decoupled":
+            first = n if first is None else first
+            if n > stop_after:
+                return first, n
+    return first, None
+
+
+def _clopper_pearson(k: int, n: int, level: float = 0.95) -> list[float]:
+    if n == 0:
+        return [0.0, 1.0]
+    a = 1.0 - level
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
+    return [lo, hi]
+
+
+def calibrate(
+    *,
+    streams: int = 200,
+    horizon: int = 100,
+    warmup: int = 15,
+    settings: DetectorSettings | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measures false alarms, detection and delay of the monitor by simulation.
+
+    For stream index ``i`` the generator ``np.random.default_rng([seed, i])`` drives a null, a
+    decline and a plateau stream (common random numbers); null variants cycle through
+    ``linear_locked``, ``linear`` and ``concave`` by stream index. Knots are fixed from the first
+    ``warmup`` candidates' dev; the monitor then checks after every candidate.
+
+    Args:
+        streams: Number of streams per kind.
+        horizon: Candidates per stream.
+        warmup: Warm-up candidates (knots are fixed from them).
+        settings: Detector settings (default :class:`DetectorSettings`).
+        seed: Base seed.
+
+    Returns:
+        A JSON-safe dict: ``false_alarm_rate`` (P(any alarm within the horizon | null)),
+        ``false_alarm_ci95``, ``false_alarm_by_variant``, ``detection_rate`` (P(an alarm after
+        the onset | decline)), ``detection_ci95``, ``median_delay`` (candidates from the onset to
+        the alarm, counting the first post-onset candidate as 1, among detections),
+        ``pre_onset_alarm_rate`` (decline streams alarmed before the onset), ``plateau_detection_
+        rate``, ``plateau_ci95``, ``plateau_median_delay``, ``streams``, ``horizon``, ``warmup``,
+        ``alpha``, ``n_domains``, ``threshold`` and ``settings``.
+    """
+    import time
+
+    settings = settings or DetectorSettings()
+    start_time = time.perf_counter()
+    null_alarm: dict[str, list[bool]] = {v: [] for v in _NULL_VARIANTS}
+    detections: dict[str, list[int | None]] = {"decline": [], "plateau": [], "decline_mixed": []}
+    pre_onset = 0
+    for i in range(streams):
+        variant = _NULL_VARIANTS[i % len(_NULL_VARIANTS)]
+        for kind in _STREAM_KINDS:
+            rng = np.random.default_rng([seed, i])
+            dev, ext, onset = simulate_stream(
+                kind, horizon=horizon, rng=rng, warmup=warmup, variant=variant
+            )
+            if kind == "null":
+                first, _ = _run_monitor(dev, ext, settings, warmup, stop_after=0)
+                null_alarm[variant].append(first is not None)
+                continue
+            assert onset is not None
+            first, alarm = _run_monitor(dev, ext, settings, warmup, stop_after=onset)
+            if kind == "decline":
+                pre_onset += first is not None and first <= onset
+            detections[kind].append(None if alarm is None else alarm - onset)
+
+    n_false = sum(sum(v) for v in null_alarm.values())
+
+    def rate(values: list[int | None]) -> tuple[float, list[float], float | None]:
+        hits = [d for d in values if d is not None]
+        med = float(np.median(hits)) if hits else None
+        return len(hits) / max(len(values), 1), _clopper_pearson(len(hits), len(values)), med
+
+    det_rate, det_ci, det_delay = rate(detections["decline"])
+    pla_rate, pla_ci, pla_delay = rate(detections["plateau"])
+    mix_rate, mix_ci, mix_delay = rate(detections["decline_mixed"])
+    return {
+        "false_alarm_rate": n_false / streams,
+        "false_alarm_ci95": _clopper_pearson(n_false, streams),
+        "false_alarm_by_variant": {
+            v: {"streams": len(a), "alarms": int(sum(a))} for v, a in null_alarm.items()
+        },
+        "detection_rate": det_rate,
+        "detection_ci95": det_ci,
+        "median_delay": det_delay,
+        "pre_onset_alarm_rate": pre_onset / streams,
+        "plateau_detection_rate": pla_rate,
+        "plateau_ci95": pla_ci,
+        "plateau_median_delay": pla_delay,
+        "mixed_detection_rate": mix_rate,
+        "mixed_ci95": mix_ci,
+        "mixed_median_delay": mix_delay,
+        "streams": streams,
+        "horizon": horizon,
+        "warmup": warmup,
+        "alpha": settings.alpha,
+        "n_domains": settings.n_domains,
+        "threshold": settings.threshold,
+        "settings": settings.to_dict(),
+        "seconds": time.perf_counter() - start_time,
+    }

@@ -1,0 +1,1 @@
+"""Training back ends: a recipe becomes a trained artefact (imported as ``searchlab_training``)."""
