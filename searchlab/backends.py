@@ -154,6 +154,14 @@ class SimulatedBackend:
         )
 
     def submit_external(self, artefact: Artefact, *, submission: int) -> dict[str, float]:
+        return self._public_external(artefact, submission)
+
+    def recover_external(self, artefact: Artefact, *, submission: int) -> dict[str, float]:
+        # The simulated leaderboard is deterministic per submission: looking up the answer of a
+        # submission sent before a crash gives what it returned, without sending it again.
+        return self._public_external(artefact, submission)
+
+    def _public_external(self, artefact: Artefact, submission: int) -> dict[str, float]:
         recipe, candidate = artefact["recipe"], artefact["candidate"]
         if not self.noise:
             return dict(self.surface.true_external(recipe, candidate=candidate))
@@ -161,10 +169,6 @@ class SimulatedBackend:
             recipe, run_seed=artefact["seed"], submission=submission, candidate=candidate
         )
         return dict(result["public"])
-
-    def recover_external(self, artefact: Artefact, *, submission: int) -> dict[str, float]:
-        # The simulated leaderboard is deterministic per submission: it "remembers" the answer.
-        return self.submit_external(artefact, submission=submission)
 
     def true_external(self, artefact: Artefact) -> dict[str, float]:
         return dict(self.surface.true_external(artefact["recipe"], candidate=artefact["candidate"]))

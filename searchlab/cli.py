@@ -298,6 +298,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:  # Typer turns KeyboardInterrupt into exit code 130
+        err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -104,6 +104,8 @@ class Engine:
             for d in self.domains
         }
         self.timings: dict[str, float] = {"fit": 0.0, "propose": 0.0, "backend": 0.0}
+        self._models: _Models | None = None
+        self._models_key: tuple[Any, ...] | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -297,6 +299,9 @@ class Engine:
         """Fits every domain's surrogate on the completed candidates and the external scores."""
         done = [c for c in self.record.candidates() if c.state == "COMPLETE"]
         ext = {n: s for n, s in self.externals().items() if s.get("state") == "done"}
+        key = (tuple(c.number for c in done), tuple(sorted(ext)))
+        if self._models is not None and self._models_key == key:
+            return self._models  # nothing new since the last fit
         x = np.array([self.space.encode(c.recipe) for c in done])
         index = {c.number: i for i, c in enumerate(done)}
         ext_numbers = [n for n in sorted(ext, key=lambda n: ext[n]["submission"]) if n in index]
@@ -311,7 +316,9 @@ class Engine:
             )
             predictions.append(s.predict(x))
         self.timings["fit"] += time.perf_counter() - t0
-        return _Models(numbers=[c.number for c in done], x=x, predictions=predictions)
+        self._models = _Models(numbers=[c.number for c in done], x=x, predictions=predictions)
+        self._models_key = key
+        return self._models
 
     # -- submissions and validity -----------------------------------------------------------
 

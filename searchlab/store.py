@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,7 +147,9 @@ class Storage:
                     f"study {config.name!r} already exists in {redact(self.url)}: "
                     "use 'searchlab study resume', or --name to create another"
                 ) from None
-            study.set_metric_names([f"dev:{d}" for d in config.domain_names])
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([f"dev:{d}" for d in config.domain_names])
             study.set_user_attr(f"{PREFIX}schema", SCHEMA_VERSION)
             study.set_user_attr(f"{PREFIX}config", config.model_dump(mode="json"))
         return StudyRecord(self, study)

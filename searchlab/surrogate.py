@@ -113,6 +113,7 @@ class DomainSurrogate:
         """
         import torch
         from botorch.fit import fit_gpytorch_mll
+        from botorch.optim.fit import fit_gpytorch_mll_scipy
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms.outcome import Standardize
         from gpytorch.kernels import IndexKernel
@@ -156,9 +157,14 @@ class DomainSurrogate:
             model.covar_module = data_kernel * IndexKernel(
                 num_tasks=2, rank=2, active_dims=[self.dim]
             ).to(dtype)
-        self._warm_start(model)
+        warm = self._warm_start(model)
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        fit_gpytorch_mll(mll)
+        if warm:
+            # From the previous round's optimum a capped L-BFGS run is enough; BoTorch's default
+            # retry policy would restart from random hyperparameters on a maxiter warning.
+            fit_gpytorch_mll_scipy(mll, options={"maxiter": 60})
+        else:
+            fit_gpytorch_mll(mll, max_attempts=2)
         model.eval()
         self.model = model
         self._warm = {
@@ -168,15 +174,16 @@ class DomainSurrogate:
         }
         self._warm["__two_task__"] = torch.tensor(float(self.two_task))
 
-    def _warm_start(self, model: Model) -> None:
+    def _warm_start(self, model: Model) -> bool:
         """Starts from the previous fit's hyperparameters when the model shape is the same."""
         if not self._warm or bool(self._warm["__two_task__"]) != self.two_task:
-            return
+            return False
         own = model.state_dict()
         compatible = {
             k: v for k, v in self._warm.items() if k in own and own[k].shape == v.shape
         }
         model.load_state_dict(compatible, strict=False)
+        return True
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Posterior mean and standard deviation of dev and external.

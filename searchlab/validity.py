@@ -9,24 +9,33 @@ concentrates (range restriction).
 
 Hinge regression
 ----------------
-For a knot ``k`` (fixed once, after warm-up, at quantiles of the warm-up dev values)
+For a knot ``k`` (fixed once, after warm-up) the default model (``hinge_form="quad"``) is
 
 .. math::
 
-    y_i = a + b\,\min(x_i, k) + s\,(x_i - k)_+ + \varepsilon_i,
-    \qquad \varepsilon_i \sim N(0, \sigma^2),
+    y_i = a + b\,u_i + c\,u_i^2 + s\,(x_i - k)_+ + \varepsilon_i,
+    \qquad u_i = \min(x_i, k) - k, \qquad \varepsilon_i \sim N(0, \sigma^2),
 
-so ``b`` is the slope below the knot and ``s`` the slope above it. The alarm test is
-``H0: s >= 0`` against ``H1: s < 0`` (``direction=-1``); the mirrored test used for the return
-to proxy mode is ``H0: s <= 0`` against ``s > 0`` (``direction=+1``).
+continuous at ``k``: ``b`` is the slope just below the knot, ``c`` absorbs curvature below it and
+``s`` is the slope above it. ``hinge_form="linear"`` drops ``c`` (``y = a + b min(x, k) +
+s (x - k)_+``, the plain hinge); ``hinge_form="local"`` fits a line through the pairs above the
+knot only (no continuity: the OLS slope of any non-decreasing link is non-negative in
+expectation, so this form is the most robust and the least powerful). The plain hinge is biased
+towards ``s < 0`` when the link is concave below the knot (the continuity constraint makes the
+straight lower segment overshoot at the knot): with knots in the high-dev region it gave 4-5 %
+false alarms at ``n_domains = 1`` on concave-but-increasing nulls, the quadratic term removes
+that (see :func:`calibrate`). The alarm test is ``H0: s >= 0`` against ``H1: s < 0``
+(``direction=-1``); the mirrored test used for the return to proxy mode is ``H0: s <= 0``
+against ``s > 0`` (``direction=+1``).
 
 Mixture Bayes factor (Lindon, Ham, Tingley & Bojinov 2022)
 ----------------------------------------------------------
-With right-Haar priors on the nuisances (flat on ``a, b``, ``1/sigma`` on ``sigma``) and the
-scale-invariant prior ``s | sigma ~ N(0, sigma^2 g)``, write ``W = [1, min(x,k), (x-k)_+]``
-(``n x 3``), ``s_hat`` the OLS estimate, ``v = [(W'W)^{-1}]_{ss}``, ``RSS`` the residual sum of
-squares, ``nu = n - 3`` and ``t = s_hat / sqrt(v RSS / nu)``. Integrating ``a, b`` gives a
-likelihood ``sigma^{-(n-2)} exp(-(RSS + (s - s_hat)^2 / v) / (2 sigma^2))`` and then
+With right-Haar priors on the nuisances (flat on the other coefficients, ``1/sigma`` on
+``sigma``) and the scale-invariant prior ``s | sigma ~ N(0, sigma^2 g)``, let ``W`` be the
+``n x p`` design (``s`` in its last column), ``s_hat`` the OLS estimate, ``v = [(W'W)^{-1}]_{ss}``,
+``RSS`` the residual sum of squares, ``nu = n - p`` and ``t = s_hat / sqrt(v RSS / nu)``.
+Integrating the nuisance coefficients leaves ``sigma^{-(nu+1)} exp(-(RSS + (s - s_hat)^2 / v) /
+(2 sigma^2))``, and then
 
 .. math::
 
@@ -42,17 +51,27 @@ restricted to that half-line):
 
 where under the normal-prior model ``s | data`` is a Student t with ``nu + 1`` degrees of
 freedom, location ``m = s_hat g / (v + g)`` and scale
-``sqrt(S / (nu + 1)) * sqrt(v g / (v + g))``, ``S = RSS + s_hat^2 / (v + g)``. (With ``sigma``
-known this tends to ``2 sqrt(v/(v+g)) exp(t^2 g / (2 (v+g))) Phi(-s_hat sqrt(g) /
-(sigma sqrt(v (v+g))))`` for ``direction=-1``.) The formulas are checked against direct
-numerical integration in ``tests/test_validity.py``.
+``sqrt(S / (nu + 1)) * sqrt(v g / (v + g))``, ``S = RSS + s_hat^2 / (v + g)``. With ``sigma``
+known this becomes ``2 sqrt(v/(v+g)) exp(t^2 g / (2 (v+g))) Phi(-s_hat sqrt(g) /
+(sigma sqrt(v (v+g))))`` for ``direction=-1`` (``t = s_hat / (sigma sqrt(v))``). Both are checked
+against direct numerical integration in ``tests/test_validity.py``.
 
-``x`` is divided by the warm-up standard deviation of dev, so ``g = prior_scale`` (default 1)
-means "a slope of one residual sd per dev sd". The test statistic is the average of the knot-wise
-e-values (an average of e-values is an e-value; Ramdas, Grünwald, Vovk & Shafer 2023, "Game-
-theoretic statistics and safe anytime-valid inference"; Vovk & Wang 2021, "E-values:
-calibration, combination and applications"). A knot with fewer than ``min_above`` pairs above it,
-or ``nu < 2``, contributes ``E_k = 1`` (no evidence).
+``x`` is divided by the warm-up standard deviation of dev, so ``g = prior_scale`` means "a slope
+of ``sqrt(g)`` residual sds per dev sd". The test statistic is the average of the knot-wise
+e-values (an average of e-values is an e-value; Vovk & Wang 2021, "E-values: calibration,
+combination and applications"; Ramdas, Grünwald, Vovk & Shafer 2023, "Game-theoretic statistics
+and safe anytime-valid inference"). A knot with fewer than ``min_above`` pairs above it, a rank
+deficient design or ``nu < 2`` contributes ``E_k = 1`` (no evidence).
+
+Knots
+-----
+Knots are fixed once, after warm-up, from the warm-up dev values (all warm-up candidates, not
+only the paired ones): at ``knot_quantiles`` of them and at ``max + c * sd`` for ``c`` in
+``knot_offsets``. Goodhart typically appears where the optimiser pushes dev *beyond* what the
+quasi-random warm-up reached; knots at the warm-up quantiles 0.5/0.7/0.85 lie below that region,
+the segment above them mixes the healthy rise with the fall, and they detected 0-6 % of the
+simulated declines. Hence the default: no quantile knots, offsets ``-0.5, 0, ..., 2`` warm-up sds
+around the warm-up maximum (knots nobody has reached yet contribute ``E_k = 1``).
 
 Threshold
 ---------
@@ -63,15 +82,15 @@ estimate above the dominant knot (the one with the largest ``E_k``) to point the
 
 What is and is not exact
 ------------------------
-Each ``E_k`` is a test martingale (for the point null ``s = 0``, Gaussian homoscedastic errors and
-a predictable design) with respect to the filtration of the maximal invariant (Lindon et al.
-2022; Pérez-Ortiz, Lardy, de Heide & Grünwald 2024, "E-statistics, group invariance and anytime
-valid testing"). For ``s > 0`` the one-sided mixture is smaller in expectation (monotone
-likelihood ratio), so ``H0: s >= 0`` is covered. Three things are *not* exact and are covered by
-simulation instead (:func:`calibrate`): the knot average (the ``E_k`` are martingales on
-different invariant filtrations, so Ville's inequality for their average is not guaranteed),
-a de-noised ``x`` that the caller may revise over time, and a true link that is not a hinge
-(concave, binomial and rounded scores).
+Each ``E_k`` is a test martingale (for the point null ``s = 0``, Gaussian homoscedastic errors, a
+correctly specified mean and a predictable design) with respect to the filtration of the maximal
+invariant (Lindon et al. 2022; Pérez-Ortiz, Lardy, de Heide & Grünwald 2024, "E-statistics, group
+invariance and anytime valid testing"). For ``s`` on the null side the one-sided mixture is
+smaller in expectation (monotone likelihood ratio), so the composite null is covered. Not exact,
+and checked by simulation instead (:func:`calibrate`): Ville's inequality for the knot *average*
+(the ``E_k`` are martingales on different invariant filtrations), a de-noised ``x`` that the
+caller may revise over time, a link that is not a hinge (concave, logistic, binomial and rounded
+scores), and a design that becomes testable only when enough pairs lie above a knot.
 
 Hysteresis
 ----------
@@ -85,6 +104,7 @@ pairs have arrived since the switch. Each switch starts a fresh e-process.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +123,7 @@ __all__ = [
 
 _LOG_MAX = 690.0  # exp(690) ~ 1e300: cap so statistics stay finite floats
 _MODES = ("proxy", "decoupled")
-FORM = "continuous"
+_FORMS = ("quad", "linear", "local")
 
 
 @dataclass(frozen=True)
@@ -113,36 +133,46 @@ class DetectorSettings:
     Attributes:
         alpha: Study-wide false-alarm level of the alarm test (over all domains and all checks).
         n_domains: Number of domains monitored in the study (Bonferroni over domains).
-        knot_quantiles: Quantiles of the warm-up dev values at which the knots are fixed.
-        prior_scale: ``g``: prior variance of the standardised slope change, in units of
-            ``sigma^2`` (slope in residual sds per dev sd).
+        knot_quantiles: Quantiles of the warm-up dev values at which knots are placed (default
+            none; see the module docstring).
+        prior_scale: ``g``: prior variance of the standardised slope above the knot, in units
+            of ``sigma^2`` (slope in residual sds per dev sd, squared).
         min_pairs: No test before this many pairs (returns an untestable result).
         min_above: A knot with fewer paired points strictly above it contributes ``E_k = 1``.
         return_alpha: Level of the mirrored test that returns a domain to proxy mode.
         min_dwell: A decoupled domain returns only after at least this many pairs have arrived
             since the switch.
+        knot_offsets: Further knots at ``max(warm-up dev) + c * sd(warm-up dev)`` for each ``c``.
+        hinge_form: ``"quad"`` (hinge with a quadratic term below the knot), ``"linear"`` (the
+            plain hinge) or ``"local"`` (a line through the pairs above the knot only).
     """
 
     alpha: float = 0.05
     n_domains: int = 1
-    knot_quantiles: tuple[float, ...] = (0.5, 0.7, 0.85)
-    prior_scale: float = 1.0
+    knot_quantiles: tuple[float, ...] = ()
+    prior_scale: float = 4.0
     min_pairs: int = 6
     min_above: int = 3
     return_alpha: float = 0.05
     min_dwell: int = 8
+    knot_offsets: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+    hinge_form: str = "quad"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0 or not 0.0 < self.return_alpha < 1.0:
             raise ValueError("alpha and return_alpha must lie in (0, 1)")
         if self.n_domains < 1:
             raise ValueError("n_domains must be >= 1")
-        if not self.knot_quantiles or any(not 0.0 < q < 1.0 for q in self.knot_quantiles):
-            raise ValueError("knot_quantiles must be a non-empty tuple of values in (0, 1)")
+        if any(not 0.0 <= q <= 1.0 for q in self.knot_quantiles):
+            raise ValueError("knot_quantiles must lie in [0, 1]")
+        if not self.knot_quantiles and not self.knot_offsets:
+            raise ValueError("need at least one knot (knot_quantiles or knot_offsets)")
         if self.prior_scale <= 0.0:
             raise ValueError("prior_scale must be > 0")
-        if self.min_pairs < 5 or self.min_above < 1 or self.min_dwell < 0:
-            raise ValueError("need min_pairs >= 5, min_above >= 1, min_dwell >= 0")
+        if self.min_pairs < 6 or self.min_above < 1 or self.min_dwell < 0:
+            raise ValueError("need min_pairs >= 6, min_above >= 1, min_dwell >= 0")
+        if self.hinge_form not in _FORMS:
+            raise ValueError(f"hinge_form must be one of {_FORMS}")
 
     @property
     def threshold(self) -> float:
@@ -165,7 +195,25 @@ class DetectorSettings:
             "min_above": self.min_above,
             "return_alpha": self.return_alpha,
             "min_dwell": self.min_dwell,
+            "knot_offsets": list(self.knot_offsets),
+            "hinge_form": self.hinge_form,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorSettings:
+        """Rebuilds settings from :meth:`to_dict` output (missing keys take their defaults).
+
+        Args:
+            d: The dict.
+
+        Returns:
+            The settings.
+        """
+        kwargs = dict(d)
+        for key in ("knot_quantiles", "knot_offsets"):
+            if key in kwargs:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        return cls(**kwargs)
 
 
 def _json_float(value: float) -> float | None:
@@ -182,8 +230,8 @@ class ValidityResult:
         threshold: Threshold the statistic was compared with.
         slope_high: Estimated slope of external on dev above the dominant knot (``s_hat``), in
             external units per dev unit (unstandardised); nan if untestable.
-        slope_low: Estimated slope below the dominant knot (``b_hat``), same units; nan if
-            untestable.
+        slope_low: Estimated slope just below the dominant knot (``b_hat``), same units; nan if
+            untestable or ``hinge_form="local"``.
         knot: Dominant knot (largest ``E_k``) in dev units; nan if no knot was testable.
         n_pairs: Number of pairs the test used.
         fired: Whether ``statistic >= threshold`` and the slope above the dominant knot points
@@ -241,8 +289,36 @@ def _log_evalue_from_stats(
     return math.log(2.0) + log_bf2 + math.log(prob)
 
 
+def _hinge_design(
+    x: np.ndarray, y: np.ndarray, knot: float, form: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Design matrix of the hinge model, slope-above-the-knot column last.
+
+    Args:
+        x: Dev values, shape ``(n,)``.
+        y: External values, shape ``(n,)``.
+        knot: Knot, same units as ``x``.
+        form: ``"quad"``, ``"linear"`` or ``"local"`` (see the module docstring).
+
+    Returns:
+        ``(W, y)``: the design, shape ``(m, p)``, and the response, shape ``(m,)`` (``m = n``
+        except for ``"local"``, which keeps the pairs above the knot). Column 1 is the slope
+        below the knot (not for ``"local"``).
+    """
+    hinge = np.maximum(x - knot, 0.0)
+    if form == "quad":
+        u = np.minimum(x, knot) - knot
+        return np.column_stack([np.ones_like(x), u, u * u, hinge]), y
+    if form == "linear":
+        return np.column_stack([np.ones_like(x), np.minimum(x, knot), hinge]), y
+    if form == "local":
+        above = x > knot
+        return np.column_stack([np.ones(int(above.sum())), hinge[above]]), y[above]
+    raise ValueError(f"hinge form must be one of {_FORMS}, got {form!r}")
+
+
 def _hinge_fit(
-    x: np.ndarray, y: np.ndarray, knot: float, form: str = "continuous"
+    x: np.ndarray, y: np.ndarray, knot: float, form: str
 ) -> tuple[float, float, float, float, int] | None:
     """OLS fit of the hinge model by QR.
 
@@ -250,25 +326,13 @@ def _hinge_fit(
         x: Dev values, shape ``(n,)``.
         y: External values, shape ``(n,)``.
         knot: Knot, same units as ``x``.
-        form: ``"continuous"`` (``[1, min(x,k), (x-k)_+]``), ``"broken"`` (separate lines below
-            and above the knot, pooled variance) or ``"local"`` (a line through the points above
-            the knot only).
+        form: ``"quad"``, ``"linear"`` or ``"local"``.
 
     Returns:
-        ``(s_hat, b_hat, v, rss, nu)`` or ``None`` if the design is rank deficient or the fit
-        exact.
+        ``(s_hat, b_hat, v, rss, nu)`` (``b_hat`` nan for ``"local"``), or ``None`` if
+        ``nu < 2``, the design is rank deficient or the fit is exact.
     """
-    above = x > knot
-    if form == "continuous":
-        design = np.column_stack([np.ones_like(x), np.minimum(x, knot), np.maximum(x - knot, 0.0)])
-    elif form == "broken":
-        lo = (~above).astype(float)
-        design = np.column_stack([lo, (x - knot) * lo, above.astype(float), np.maximum(x - knot, 0.0)])
-    elif form == "local":
-        x, y = x[above], y[above]
-        design = np.column_stack([np.ones_like(x), x - knot])
-    else:
-        raise ValueError(f"unknown form {form!r}")
+    design, y = _hinge_design(x, y, knot, form)
     n, p = design.shape
     if n - p < 2:
         return None
@@ -276,14 +340,13 @@ def _hinge_fit(
     diag = np.abs(np.diag(r))
     if diag.min() <= 1e-10 * max(diag.max(), 1e-300):
         return None
-    qty = q.T @ y
-    beta = np.linalg.solve(r, qty)
+    beta = np.linalg.solve(r, q.T @ y)
     resid = y - design @ beta
     rss = float(resid @ resid)
     if not rss > 1e-14 * max(float(y @ y), 1e-300):
         return None
     v = 1.0 / float(r[-1, -1]) ** 2  # [(R'R)^{-1}]_{pp} = 1 / R_pp^2 for upper-triangular R
-    b_hat = float(beta[1]) if form != "local" else math.nan
+    b_hat = math.nan if form == "local" else float(beta[1])
     return float(beta[-1]), b_hat, v, rss, n - p
 
 
@@ -295,11 +358,13 @@ def hinge_evalue(
     prior_scale: float,
     direction: int = -1,
     min_above: int = 3,
+    form: str = "quad",
 ) -> tuple[float, float, float]:
-    """One-sided mixture e-value for the slope change at one knot.
+    """One-sided mixture e-value for the slope above one knot.
 
     ``x`` should be standardised (divided by the warm-up sd of dev) so that ``prior_scale`` means
-    "slope of sqrt(g) residual sds per unit of x"; the e-value is invariant to the scale of ``y``.
+    "slope of sqrt(g) residual sds per unit of x"; the e-value is invariant to the scale and
+    location of ``y``.
 
     Args:
         x: De-noised dev values, shape ``(n,)``.
@@ -309,10 +374,13 @@ def hinge_evalue(
         direction: -1 tests ``H0: s >= 0`` against ``s < 0``; +1 tests ``H0: s <= 0`` against
             ``s > 0``.
         min_above: Fewer points than this strictly above the knot gives ``E = 1``.
+        form: ``"quad"`` (default, as in :class:`DetectorSettings`), ``"linear"`` (plain hinge
+            ``a + b min(x,k) + s (x-k)_+``) or ``"local"``.
 
     Returns:
         ``(E, s_hat, b_hat)``: the e-value (1.0 when not testable), the OLS slope above the knot
-        and the OLS slope below it, in units of ``y`` per unit of ``x`` (nan when not testable).
+        and the OLS slope just below it, in units of ``y`` per unit of ``x`` (nan when not
+        testable; ``b_hat`` is nan for ``"local"``).
     """
     if direction not in (-1, 1):
         raise ValueError("direction must be -1 or +1")
@@ -321,11 +389,9 @@ def hinge_evalue(
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
     nan = math.nan
-    n = x.size
-    nu = n - 3
-    if nu < 2 or int(np.count_nonzero(x > knot)) < min_above:
+    if int(np.count_nonzero(x > knot)) < min_above:
         return 1.0, nan, nan
-    fit = _hinge_fit(x, y, knot, FORM)
+    fit = _hinge_fit(x, y, knot, form)
     if fit is None:
         return 1.0, nan, nan
     s_hat, b_hat, v, rss, nu = fit
@@ -354,14 +420,15 @@ class ValidityTest:
         self.scale: float | None = None
 
     def fix_knots(self, warmup_dev: np.ndarray) -> None:
-        """Fixes the knots (quantiles of the warm-up dev values) and the dev scale, once.
+        """Fixes the knots and the dev scale from the warm-up, once.
 
-        A second call leaves the knots and the scale as they are (they must not move with the
-        data the test later sees).
+        Knots: ``knot_quantiles`` of the warm-up dev values and ``max + c * sd`` for ``c`` in
+        ``knot_offsets`` (sorted, duplicates dropped). A second call leaves the knots and the
+        scale as they are: they must not move with the data the test later sees.
 
         Args:
             warmup_dev: De-noised dev values of all warm-up candidates (not only those with an
-                external score), shape ``(n,)``.
+                external score), shape ``(n,)``; non-finite values are ignored.
         """
         if self.knots is not None:
             return
@@ -370,14 +437,17 @@ class ValidityTest:
         if values.size < 2:
             raise ValueError("fix_knots needs at least two finite warm-up dev values")
         sd = float(np.std(values, ddof=1))
-        quantiles = np.quantile(values, np.asarray(self.settings.knot_quantiles))
-        self.scale = sd if sd > 0.0 else 1.0
-        self.knots = tuple(float(k) for k in quantiles)
+        scale = sd if sd > 0.0 else 1.0
+        st = self.settings
+        knots = [float(k) for k in np.quantile(values, np.asarray(st.knot_quantiles, float))]
+        knots += [float(values.max() + c * scale) for c in st.knot_offsets]
+        self.scale = scale
+        self.knots = tuple(sorted(set(knots)))
 
     def evaluate(
         self, dev: np.ndarray, external: np.ndarray, *, direction: int = -1
     ) -> ValidityResult:
-        """Runs the test on all pairs so far.
+        """Runs the test on the given pairs.
 
         Args:
             dev: De-noised dev of the paired candidates in arrival order, shape ``(n,)``.
@@ -410,17 +480,16 @@ class ValidityTest:
         n = int(dev.size)
         nan = math.nan
         untestable = ValidityResult(1.0, threshold, nan, nan, nan, n, False)
-        if n < st.min_pairs or n - 3 < 2:
+        if n < st.min_pairs:
             return untestable
         x = dev / self.scale
         log_es: list[float] = []
         best: tuple[float, float, float, float] | None = None  # (log E_k, s_hat, b_hat, knot)
         for knot in self.knots:
             k_std = knot / self.scale
-            if int(np.count_nonzero(x > k_std)) < st.min_above:
-                log_es.append(0.0)
-                continue
-            fit = _hinge_fit(x, external, k_std, FORM)
+            fit = None
+            if int(np.count_nonzero(x > k_std)) >= st.min_above:
+                fit = _hinge_fit(x, external, k_std, st.hinge_form)
             if fit is None:
                 log_es.append(0.0)
                 continue
@@ -431,8 +500,12 @@ class ValidityTest:
                 best = (log_e, s_hat, b_hat, knot)
         if best is None:
             return untestable
-        log_stat = float(special.logsumexp(log_es)) - math.log(len(log_es))
-        statistic = math.exp(min(log_stat, _LOG_MAX))
+        top = max(log_es)  # log of the knot average, computed stably
+        if top == -math.inf:
+            statistic = 0.0
+        else:
+            log_stat = top + math.log(sum(math.exp(le - top) for le in log_es) / len(log_es))
+            statistic = math.exp(min(log_stat, _LOG_MAX))
         _, s_hat, b_hat, knot = best
         fired = statistic >= threshold and direction * s_hat > 0.0
         return ValidityResult(
@@ -743,9 +816,12 @@ def calibrate(
     """Measures false alarms, detection and delay of the monitor by simulation.
 
     For stream index ``i`` the generator ``np.random.default_rng([seed, i])`` drives a null, a
-    decline and a plateau stream (common random numbers); null variants cycle through
-    ``linear_locked``, ``linear`` and ``concave`` by stream index. Knots are fixed from the first
-    ``warmup`` candidates' dev; the monitor then checks after every candidate.
+    ``decline``, a ``plateau`` and a ``decline_mixed`` stream (:func:`simulate_stream`; common
+    random numbers); null variants cycle through ``linear_locked``, ``linear`` and ``concave`` by
+    stream index. Knots are fixed from the first ``warmup`` candidates' dev; a
+    :class:`DomainMonitor` then checks after every candidate (from the end of the warm-up on).
+    A detection is a switch to ``"decoupled"`` after the onset (a decline stream that alarmed
+    before the onset must first return to proxy mode).
 
     Args:
         streams: Number of streams per kind.
@@ -759,12 +835,12 @@ def calibrate(
         ``false_alarm_ci95``, ``false_alarm_by_variant``, ``detection_rate`` (P(an alarm after
         the onset | decline)), ``detection_ci95``, ``median_delay`` (candidates from the onset to
         the alarm, counting the first post-onset candidate as 1, among detections),
-        ``pre_onset_alarm_rate`` (decline streams alarmed before the onset), ``plateau_detection_
-        rate``, ``plateau_ci95``, ``plateau_median_delay``, ``streams``, ``horizon``, ``warmup``,
-        ``alpha``, ``n_domains``, ``threshold`` and ``settings``.
+        ``pre_onset_alarm_rate`` (decline streams alarmed before the onset),
+        ``plateau_detection_rate``, ``plateau_ci95``, ``plateau_median_delay``,
+        ``mixed_detection_rate``, ``mixed_ci95``, ``mixed_median_delay`` (``decline_mixed``
+        streams), ``streams``, ``horizon``, ``warmup``, ``alpha``, ``n_domains``, ``threshold``,
+        ``settings`` and ``seconds`` (wall time).
     """
-    import time
-
     settings = settings or DetectorSettings()
     start_time = time.perf_counter()
     null_alarm: dict[str, list[bool]] = {v: [] for v in _NULL_VARIANTS}
@@ -781,7 +857,8 @@ def calibrate(
                 first, _ = _run_monitor(dev, ext, settings, warmup, stop_after=0)
                 null_alarm[variant].append(first is not None)
                 continue
-            assert onset is not None
+            if onset is None:  # pragma: no cover - non-null kinds always have an onset
+                raise RuntimeError("simulate_stream returned no onset")
             first, alarm = _run_monitor(dev, ext, settings, warmup, stop_after=onset)
             if kind == "decline":
                 pre_onset += first is not None and first <= onset
