@@ -134,24 +134,12 @@ def _command(kind: str, study: Path, folder: Path) -> list[str]:
     return ["study", "create", str(study), "--storage", sqlite_url(folder / "s.db")]
 
 
-# Known bug: 'study create' stores the study before it loads the back end, and storing it prints
-# optuna's ExperimentalWarning for set_metric_names (searchlab/store.py) on stderr, so a back-end
-# error comes out as three lines. strict: the marker must go once either is fixed.
-_CREATE_STORES_FIRST = pytest.mark.xfail(
-    strict=True,
-    reason="bug: create stores the study (printing optuna's ExperimentalWarning) before it loads "
-    "the back end",
-)
-
-
 def _file_params() -> list[Any]:
-    params = []
-    for kind in ("validate", "create"):
-        for case, build, culprits in BAD_FILES:
-            marks = [_CREATE_STORES_FIRST] if kind == "create" and case.startswith(
-                ("backend-", "simulated-")) else []
-            params.append(pytest.param(kind, build, culprits, id=f"{kind}-{case}", marks=marks))
-    return params
+    return [
+        pytest.param(kind, build, culprits, id=f"{kind}-{case}")
+        for kind in ("validate", "create")
+        for case, build, culprits in BAD_FILES
+    ]
 
 
 @pytest.mark.parametrize(("kind", "build", "culprits"), _file_params())
