@@ -112,18 +112,23 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _run(record: Any, config: Any, quiet: bool) -> None:
+def _load_backend(config: Any) -> Any:
     from searchlab.backends import load_backend
-    from searchlab.engine import Engine, status
 
-    _quiet_libraries()
-    backend = load_backend(
+    return load_backend(
         config.backend.name,
         config.backend.options,
         domains=config.domain_names,
         weights=config.weights,
         seed=config.seed,
     )
+
+
+def _run(record: Any, config: Any, quiet: bool, backend: Any = None) -> None:
+    from searchlab.engine import Engine, status
+
+    _quiet_libraries()
+    backend = backend if backend is not None else _load_backend(config)
     display = _Display(config.domain_names, quiet)
     try:
         Engine(record=record, config=config, backend=backend, progress=display).run()
@@ -168,8 +173,10 @@ def study_create(
     config = load_study_file(file)
     if name is not None or seed is not None:
         config = config.with_overrides(name=name, seed=seed)
-    record = Storage(_storage_url(storage)).create(config)
-    _run(record, config, quiet)
+    # Load the back end before storing anything: a broken back end must not leave a study behind.
+    backend = _load_backend(config)
+    record = Storage(_storage_url(storage), create=True).create(config)
+    _run(record, config, quiet, backend)
 
 
 @study_app.command("resume")
@@ -245,12 +252,10 @@ def study_audit(
 @study_app.command("validate")
 def study_validate(file: Annotated[str, typer.Argument(help="The study file (YAML).")]) -> None:
     """Check a study file without running it (the back end is loaded, not run)."""
-    from searchlab.backends import load_backend
     from searchlab.config import load_study_file
 
     config = load_study_file(file)
-    load_backend(config.backend.name, config.backend.options, domains=config.domain_names,
-                 weights=config.weights, seed=config.seed)
+    _load_backend(config)
     out.print(f"{file}: ok ({config.name}: {len(config.domains)} domains, "
               f"{config.total_candidates} candidates, external budget {config.external.total})")
 
@@ -285,7 +290,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except SearchlabError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        # One line, whatever the culprit's message looks like (a CUDA error spans many).
+        message = " | ".join(p.strip() for p in str(exc).splitlines() if p.strip())
+        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")

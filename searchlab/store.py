@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -100,13 +101,19 @@ class Storage:
     Args:
         url: An SQLAlchemy URL Optuna accepts (``sqlite:///searchlab.db``,
             ``postgresql://user:pw@host/db``).
+        create: Whether a missing SQLite file may be created (only ``study create`` does).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = False) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.url = url
+        if not create and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = url.removeprefix("sqlite:///")
+            if not os.path.exists(path):
+                # Reading must not create an empty database where a path was mistyped.
+                raise StorageError(f"storage {url}: no such database file {path!r}")
         with _storage_errors(url, "open"):
             self._storage = optuna.storages.RDBStorage(
                 url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=False

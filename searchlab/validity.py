@@ -57,11 +57,16 @@ known this becomes ``2 sqrt(v/(v+g)) exp(t^2 g / (2 (v+g))) Phi(-s_hat sqrt(g) /
 against direct numerical integration in ``tests/test_validity.py``.
 
 ``x`` is divided by the warm-up standard deviation of dev, so ``g = prior_scale`` means "a slope
-of ``sqrt(g)`` residual sds per dev sd". The test statistic is the average of the knot-wise
-e-values (an average of e-values is an e-value; Vovk & Wang 2021, "E-values: calibration,
-combination and applications"; Ramdas, Grünwald, Vovk & Shafer 2023, "Game-theoretic statistics
-and safe anytime-valid inference"). A knot with fewer than ``min_above`` pairs above it, a rank
-deficient design or ``nu < 2`` contributes ``E_k = 1`` (no evidence).
+of ``sqrt(g)`` residual sds per dev sd". The default ``g = 8`` (prior sd 2.8) matches the declines
+worth catching: -0.4 to -1 external accuracy per dev accuracy, times a dev sd of about 0.15, over
+a residual sd of about 0.025, is 2.5 to 6 residual sds per dev sd (``g`` = 1, 2, 4, 8 gave
+detection 0.90-0.93 in simulation, the larger ``g`` slightly faster).
+
+The test statistic is the average of the knot-wise e-values (an average of e-values is an
+e-value; Vovk & Wang 2021, "E-values: calibration, combination and applications"; Ramdas,
+Grünwald, Vovk & Shafer 2023, "Game-theoretic statistics and safe anytime-valid inference"). A
+knot with fewer than ``min_above`` pairs above it, a rank deficient design or ``nu < 2``
+contributes ``E_k = 1`` (no evidence).
 
 Knots
 -----
@@ -70,8 +75,8 @@ only the paired ones): at ``knot_quantiles`` of them and at ``max + c * sd`` for
 ``knot_offsets``. Goodhart typically appears where the optimiser pushes dev *beyond* what the
 quasi-random warm-up reached; knots at the warm-up quantiles 0.5/0.7/0.85 lie below that region,
 the segment above them mixes the healthy rise with the fall, and they detected 0-6 % of the
-simulated declines. Hence the default: no quantile knots, offsets ``-0.5, 0, ..., 2`` warm-up sds
-around the warm-up maximum (knots nobody has reached yet contribute ``E_k = 1``).
+simulated declines. Hence the default: no quantile knots, offsets ``-1, -0.5, ..., 2.5`` warm-up
+sds around the warm-up maximum (knots nobody has reached yet contribute ``E_k = 1``).
 
 Threshold
 ---------
@@ -150,12 +155,12 @@ class DetectorSettings:
     alpha: float = 0.05
     n_domains: int = 1
     knot_quantiles: tuple[float, ...] = ()
-    prior_scale: float = 4.0
+    prior_scale: float = 8.0
     min_pairs: int = 6
     min_above: int = 3
     return_alpha: float = 0.05
     min_dwell: int = 8
-    knot_offsets: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+    knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     hinge_form: str = "quad"
 
     def __post_init__(self) -> None:

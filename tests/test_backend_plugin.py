@@ -209,10 +209,6 @@ def test_bad_scores_fail_candidates(
     assert s["recommendation"]["candidate"] not in bad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: searchlab/cli.py main prints a multi-line exception message as several lines",
-)
 def test_multi_line_constructor_error_is_one_line(tmp_path: Path, plugin: dict[str, str]) -> None:
     study = _study(tmp_path, "MultiLineBackend", "multi", explode=True)
     result = run_cli("study", "validate", str(study), env=plugin)
@@ -223,10 +219,6 @@ def test_multi_line_constructor_error_is_one_line(tmp_path: Path, plugin: dict[s
     assert "timeout" in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: searchlab/cli.py main prints a multi-line exception message as several lines",
-)
 def test_multi_line_evaluate_error_is_one_line(tmp_path: Path, plugin: dict[str, str]) -> None:
     url = sqlite_url(tmp_path / "s.db")
     result = _create(_study(tmp_path, "MultiLineBackend", "multi"), url, plugin)

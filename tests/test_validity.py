@@ -197,7 +197,7 @@ def test_untestable_cases() -> None:
     res = test.evaluate(warm[:5], warm[:5])
     assert res.statistic == 1.0 and not res.fired and math.isnan(res.knot)
     assert res.to_dict()["slope_high"] is None and res.to_dict()["knot"] is None
-    # no pair above any knot (all knots are at or above the warm-up max - 0.5 sd)
+    # no pair above any knot (all knots are at or above the warm-up max - 1 sd)
     low = np.full(30, warm.min()) + 0.001 * np.arange(30)
     res = test.evaluate(low, rng.uniform(size=30))
     assert res.statistic == 1.0 and not res.fired and math.isnan(res.slope_high)
