@@ -185,7 +185,10 @@ class PolicyConfig(_Strict):
     warmup_rounds: int = Field(default=1, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     dev_penalty: float = Field(default=0.5, ge=0, le=100)
-    knot_quantiles: tuple[float, ...] = (0.5, 0.7, 0.85)
+    # Knots of the validity test: quantiles of warm-up dev, and offsets from the warm-up
+    # maximum in warm-up sds (searchlab.validity.DetectorSettings explains the defaults).
+    knot_quantiles: tuple[float, ...] = ()
+    knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
     switch: bool = True  # False: never leave proxy mode (the dev-only baseline)
     ucb_beta: float = Field(default=1.0, ge=0, le=100)
@@ -193,9 +196,22 @@ class PolicyConfig(_Strict):
     @field_validator("knot_quantiles")
     @classmethod
     def _quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(not 0 < q < 1 for q in value):
-            raise ValueError("knot_quantiles must be a non-empty list of numbers in (0, 1)")
+        if any(not 0 < q < 1 for q in value):
+            raise ValueError("knot_quantiles must be numbers in (0, 1)")
         return value
+
+    @field_validator("knot_offsets")
+    @classmethod
+    def _offsets(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not math.isfinite(c) or abs(c) > 100 for c in value):
+            raise ValueError("knot_offsets must be finite numbers within [-100, 100]")
+        return value
+
+    @model_validator(mode="after")
+    def _some_knot(self) -> PolicyConfig:
+        if not self.knot_quantiles and not self.knot_offsets:
+            raise ValueError("the validity test needs at least one knot_quantile or knot_offset")
+        return self
 
 
 class StudyConfig(_Strict):

@@ -89,6 +89,7 @@ class Engine:
             alpha=config.policy.alpha,
             n_domains=len(self.domains),
             knot_quantiles=tuple(config.policy.knot_quantiles),
+            knot_offsets=tuple(config.policy.knot_offsets),
             return_alpha=config.policy.hysteresis.return_alpha,
             min_dwell=config.policy.hysteresis.min_dwell,
         )

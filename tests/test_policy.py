@@ -1,0 +1,35 @@
+"""Submission policy and recommendation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from searchlab.policy import rank_for_submission, recommend, spread_by_dev
+
+
+def test_warm_up_spreads_over_dev_extremes_first() -> None:
+    numbers = [10, 11, 12, 13, 14]
+    dev = np.array([0.5, 0.1, 0.9, 0.3, 0.7])
+    picks = [c.candidate for c in spread_by_dev(numbers, dev, 2)]
+    assert picks == [11, 12]
+    picks = [c.candidate for c in spread_by_dev(numbers, dev, 3)]
+    assert picks == [11, 12, 10]
+    assert len({c.candidate for c in spread_by_dev(numbers, dev, 9)}) == 5
+
+
+def test_proxy_mode_confirms_best_dev_decoupled_uses_external_bound() -> None:
+    numbers = [1, 2, 3]
+    pred = {
+        "dev_mean": np.array([0.9, 0.5, 0.7]),
+        "dev_sd": np.zeros(3),
+        "ext_mean": np.array([0.2, 0.6, 0.4]),
+        "ext_sd": np.array([0.0, 0.0, 0.3]),
+    }
+    proxy = rank_for_submission(numbers, [pred], [1.0], ["proxy"], 1, beta=1.0)
+    assert proxy[0].candidate == 1
+    decoupled = rank_for_submission(numbers, [pred], [1.0], ["decoupled"], 1, beta=1.0)
+    assert decoupled[0].candidate == 3  # 0.4 + 0.3 beats 0.6
+
+
+def test_recommendation_is_by_modelled_external() -> None:
+    assert recommend([4, 5, 6], np.array([0.3, np.nan, 0.5])) == (6, 0.5)
