@@ -1,1 +1,4 @@
-"""Evaluation back ends: an artefact becomes per-domain scores (imported as ``searchlab_evaluation``)."""
+"""Evaluation back ends: an artefact becomes per-domain scores.
+
+Imported as ``searchlab_evaluation``.
+"""

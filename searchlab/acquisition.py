@@ -139,7 +139,8 @@ def propose_batch(
             ]
         ),
         objective=GenericMCObjective(g),
-        X_pending=None if x_pending is None or len(x_pending) == 0
+        X_pending=None
+        if x_pending is None or len(x_pending) == 0
         else torch.as_tensor(x_pending, dtype=dtype),
         prune_baseline=True,
         cache_root=False,
@@ -160,8 +161,13 @@ def propose_batch(
         # Continuous relaxation: integer and categorical coordinates are rounded when the point
         # is decoded, and the rounded recipe is what is stored and later conditioned on.
         x, values = optimize_acqf(
-            acqf, bounds=bounds, q=q, raw_samples=raw_samples, num_restarts=num_restarts,
-            sequential=True, options={"maxiter": 60},
+            acqf,
+            bounds=bounds,
+            q=q,
+            raw_samples=raw_samples,
+            num_restarts=num_restarts,
+            sequential=True,
+            options={"maxiter": 60},
         )
     with torch.no_grad():
         means = model.posterior(x).mean @ coef

@@ -14,20 +14,23 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+import json
+import sys
+import warnings
+from typing import Annotated, Any
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import typer
+from rich.console import Console
+from rich.table import Table
 
-from searchlab.errors import SearchlabError  # noqa: E402
+from searchlab.errors import SearchlabError
 
-app = typer.Typer(help="Bayesian search for post-training recipes that sees through a proxy.",
-                  no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Bayesian search for post-training recipes that sees through a proxy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
 study_app = typer.Typer(help="Create, run, resume and inspect studies.", no_args_is_help=True)
 validity_app = typer.Typer(help="The proxy-validity test.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
@@ -140,16 +143,21 @@ def _run(record: Any, config: Any, quiet: bool, backend: Any = None) -> None:
 def _print_summary(s: dict[str, Any]) -> None:
     rec = s["recommendation"] or {}
     best = s["best_dev_candidate"] or {}
-    out.print(f"study {s['name']}: {s['rounds_done']}/{s['rounds_total']} rounds, "
-              f"{s['candidates']} candidates, external budget used {s['external_budget']['used']}"
-              f"/{s['external_budget']['total']}")
+    out.print(
+        f"study {s['name']}: {s['rounds_done']}/{s['rounds_total']} rounds, "
+        f"{s['candidates']} candidates, external budget used {s['external_budget']['used']}"
+        f"/{s['external_budget']['total']}"
+    )
     alarms = ", ".join(f"{a['domain']} (candidate {a['candidate']})" for a in s["alarms"])
     out.print(f"alarms: {alarms or 'none'}")
     out.print(
         f"recommendation: candidate {rec.get('candidate')}, modelled external "
         f"{_fmt(rec.get('modelled_external'))}"
-        + (f", true external {_fmt(rec.get('true_external'))}, regret {_fmt(rec.get('regret'))}"
-           if "regret" in rec else "")
+        + (
+            f", true external {_fmt(rec.get('true_external'))}, regret {_fmt(rec.get('regret'))}"
+            if "regret" in rec
+            else ""
+        )
     )
     if "regret" in best:
         out.print(
@@ -225,8 +233,7 @@ def study_list(storage: StorageOpt = None) -> None:
     for name in store.names():
         s = status(store.load(name))
         state = "finished" if s["finished"] else f"{s['rounds_done']}/{s['rounds_total']} rounds"
-        out.print(f"{name}\t{state}\t{s['candidates']} candidates\t"
-                  f"{len(s['alarms'])} alarm(s)")
+        out.print(f"{name}\t{state}\t{s['candidates']} candidates\t{len(s['alarms'])} alarm(s)")
 
 
 @study_app.command("audit")
@@ -245,8 +252,10 @@ def study_audit(
     for e in log:
         fields = {k: v for k, v in e.items() if k not in ("seq", "kind", "round")}
         r = "-" if e.get("round") is None else e["round"] + 1
-        out.print(f"[{e['seq']:4d}] round {r} {e['kind']}: {json.dumps(fields, default=str)}",
-                  soft_wrap=True)
+        out.print(
+            f"[{e['seq']:4d}] round {r} {e['kind']}: {json.dumps(fields, default=str)}",
+            soft_wrap=True,
+        )
 
 
 @study_app.command("validate")
@@ -256,8 +265,10 @@ def study_validate(file: Annotated[str, typer.Argument(help="The study file (YAM
 
     config = load_study_file(file)
     _load_backend(config)
-    out.print(f"{file}: ok ({config.name}: {len(config.domains)} domains, "
-              f"{config.total_candidates} candidates, external budget {config.external.total})")
+    out.print(
+        f"{file}: ok ({config.name}: {len(config.domains)} domains, "
+        f"{config.total_candidates} candidates, external budget {config.external.total})"
+    )
 
 
 @validity_app.command("calibrate")
@@ -275,7 +286,9 @@ def validity_calibrate(
     if not 0 < alpha < 1:
         raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
     result = calibrate(
-        streams=streams, horizon=horizon, seed=seed,
+        streams=streams,
+        horizon=horizon,
+        seed=seed,
         settings=DetectorSettings(alpha=alpha, n_domains=domains),
     )
     if as_json:

@@ -269,7 +269,8 @@ class StudyConfig(_Strict):
                 unknown = [d for d in param.domains if d not in names]
                 if unknown:
                     raise _FieldError(
-                        f"space.{key}.domains", f"unknown domain(s) {unknown}; known: {sorted(names)}"
+                        f"space.{key}.domains",
+                        f"unknown domain(s) {unknown}; known: {sorted(names)}",
                     )
         if self.external.per_round > self.rounds.candidates:
             raise _FieldError(
@@ -342,7 +343,9 @@ def validate_study(data: Any, *, source: str) -> StudyConfig:
         StudyFileError: On the first problem, naming the field path.
     """
     if not isinstance(data, dict):
-        raise StudyFileError(source, "", f"expected a mapping at top level, got {type(data).__name__}")
+        raise StudyFileError(
+            source, "", f"expected a mapping at top level, got {type(data).__name__}"
+        )
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as exc:

@@ -173,12 +173,19 @@ class Engine:
                     sub["recover_error"] = f"{type(exc).__name__}: {exc}"
             if scores is not None:
                 self.record.put(f"external.{number}", {**sub, "state": "done", "scores": scores})
-                self.record.audit("submission_recovered", round=sub["round"], candidate=number,
-                                  submission=sub["submission"], scores=scores)
+                self.record.audit(
+                    "submission_recovered",
+                    round=sub["round"],
+                    candidate=number,
+                    submission=sub["submission"],
+                    scores=scores,
+                )
             else:
                 self.record.put(f"external.{number}", {**sub, "state": "lost"})
                 self.record.audit(
-                    "submission_lost", round=sub["round"], candidate=number,
+                    "submission_lost",
+                    round=sub["round"],
+                    candidate=number,
                     submission=sub["submission"],
                     note="sent before a crash, answer not recoverable; counted, never re-sent",
                 )
@@ -237,7 +244,11 @@ class Engine:
                     },
                 )
             self.record.audit(
-                "proposal", round=r, method="qLogNEI", count=len(batch.x), modes=modes,
+                "proposal",
+                round=r,
+                method="qLogNEI",
+                count=len(batch.x),
+                modes=modes,
                 dev_penalty=self.config.policy.dev_penalty,
                 log_acquisition=batch.acquisition,
                 predicted_objective=batch.predicted_objective,
@@ -267,8 +278,10 @@ class Engine:
                 self._replace(c, "interrupted by the user (SIGINT)")
                 raise
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, BackendError) else (
-                    f"back end raised {type(exc).__name__}: {exc}"
+                reason = (
+                    str(exc)
+                    if isinstance(exc, BackendError)
+                    else (f"back end raised {type(exc).__name__}: {exc}")
                 )
                 self.record.fail(number, reason)
                 self.record.audit("candidate_failed", round=r, candidate=number, reason=reason)
@@ -283,7 +296,9 @@ class Engine:
                 artefact=artefact,
                 domains=self.domains,
             )
-            mean_dev = sum(w * scores[d][0] for d, w in zip(self.domains, self.weights, strict=True))
+            mean_dev = sum(
+                w * scores[d][0] for d, w in zip(self.domains, self.weights, strict=True)
+            )
             self.progress("candidate_done", {"round": r, "candidate": number, "mean_dev": mean_dev})
         this_round = [c for c in self.record.candidates() if c.round == r]
         if this_round and not any(c.state == "COMPLETE" for c in this_round):
@@ -335,7 +350,8 @@ class Engine:
         rows = [models.numbers.index(n) for n in open_numbers]
         if r < self.config.policy.warmup_rounds:
             mean_dev = sum(
-                w * p["dev_mean"][rows] for p, w in zip(models.predictions, self.weights, strict=True)
+                w * p["dev_mean"][rows]
+                for p, w in zip(models.predictions, self.weights, strict=True)
             )
             choices = spread_by_dev(open_numbers, np.asarray(mean_dev), k)
         else:
@@ -368,8 +384,13 @@ class Engine:
             return
         self.record.put(f"external.{number}", {**intent, "state": "done", "scores": scores})
         self.record.audit(
-            "submission", round=r, candidate=number, submission=submission, reason=reason,
-            policy_score=score, scores=scores,
+            "submission",
+            round=r,
+            candidate=number,
+            submission=submission,
+            reason=reason,
+            policy_score=score,
+            scores=scores,
             budget={"used": submission + 1, "left": self.config.external.total - submission - 1},
         )
         self.progress("submission", {"round": r, "candidate": number, "scores": scores})
@@ -377,13 +398,15 @@ class Engine:
 
     def _fix_knots(self, models: _Models) -> None:
         """Fixes each domain's knot grid from the warm-up candidates' de-noised dev."""
-        warm = {d: p["dev_mean"].tolist() for d, p in zip(self.domains, models.predictions,
-                                                           strict=True)}
+        warm = {
+            d: p["dev_mean"].tolist() for d, p in zip(self.domains, models.predictions, strict=True)
+        }
         for d in self.domains:
             self.tests[d].fix_knots(np.asarray(warm[d]))
         self.record.put("validity.warmup_dev", warm)
         self.record.audit(
-            "knots_fixed", round=self.config.policy.warmup_rounds - 1,
+            "knots_fixed",
+            round=self.config.policy.warmup_rounds - 1,
             knots={d: list(self.tests[d].knots or ()) for d in self.domains},
         )
 
@@ -392,7 +415,9 @@ class Engine:
         if any(self.tests[d].knots is None for d in self.domains):
             return
         done = {n: s for n, s in self.externals().items() if s.get("state") == "done"}
-        order = sorted((n for n in done if n in models.numbers), key=lambda n: done[n]["submission"])
+        order = sorted(
+            (n for n in done if n in models.numbers), key=lambda n: done[n]["submission"]
+        )
         rows = [models.numbers.index(n) for n in order]
         for d, p in zip(self.domains, models.predictions, strict=True):
             monitor = self.monitors[d]
@@ -403,14 +428,25 @@ class Engine:
             if event is not None and not self.config.policy.switch:
                 # The dev-only baseline: the test is run and recorded, the mode never changes.
                 monitor.mode = before
-                self.record.audit("alarm_ignored", round=r, domain=d, candidate=number,
-                                  evidence=result.to_dict(), note="policy.switch is false")
+                self.record.audit(
+                    "alarm_ignored",
+                    round=r,
+                    domain=d,
+                    candidate=number,
+                    evidence=result.to_dict(),
+                    note="policy.switch is false",
+                )
                 event = None
             self.record.put(f"monitor.{d}", monitor.to_dict())
             if event is not None:
                 self.record.audit(
-                    "mode_switch", round=r, domain=d, candidate=number, from_mode=before,
-                    to_mode=monitor.mode, evidence=result.to_dict(),
+                    "mode_switch",
+                    round=r,
+                    domain=d,
+                    candidate=number,
+                    from_mode=before,
+                    to_mode=monitor.mode,
+                    evidence=result.to_dict(),
                     task_correlation=self.surrogates[self.domains.index(d)].task_correlation(),
                 )
                 self.progress("mode_switch", {"domain": d, "candidate": number, "to": monitor.mode})
@@ -441,8 +477,10 @@ class Engine:
             mean, sd = modelled_objective(self.surrogates, self.weights, models.x, task=0)
             basis = "modelled dev (no external score observed yet)"
         number, value = recommend(models.numbers, mean)
-        mean_dev = {n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights,
-                                                               strict=True)) for n in done}
+        mean_dev = {
+            n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights, strict=True))
+            for n in done
+        }
         best_dev = max(mean_dev, key=mean_dev.__getitem__)
         rec = {
             "candidate": number,
@@ -512,8 +550,11 @@ def status(record: StudyRecord) -> dict[str, Any]:
         "rounds_total": config.rounds.count,
         "candidates": sum(1 for c in candidates if c.state == "COMPLETE"),
         "failed_candidates": sum(1 for c in candidates if c.state == "FAIL"),
-        "external_budget": {"used": used, "left": config.external.total - used,
-                            "total": config.external.total},
+        "external_budget": {
+            "used": used,
+            "left": config.external.total - used,
+            "total": config.external.total,
+        },
         "domains": domains,
         "alarms": alarms(record),
         "recommendation": rec.get("recommendation"),

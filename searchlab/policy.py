@@ -53,7 +53,7 @@ def spread_by_dev(numbers: Sequence[int], mean_dev: np.ndarray, k: int) -> list[
     targets = [0.0, 1.0] + [i / (k - 1) for i in range(1, k - 1)] if k > 1 else [1.0]
     chosen: list[int] = []
     for t in targets[:k]:
-        pos = int(round(t * (n - 1)))
+        pos = round(t * (n - 1))
         for step in range(n):  # nearest position not taken yet
             for p in (pos - step, pos + step):
                 if 0 <= p < n and int(order[p]) not in chosen:

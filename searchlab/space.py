@@ -159,7 +159,7 @@ class SearchSpace:
             if isinstance(p, MixtureParam):
                 recipe[d.key] = float(xi)
             elif isinstance(p, CategoricalParam):
-                recipe[d.key] = p.choices[int(round(xi * (len(p.choices) - 1)))]
+                recipe[d.key] = p.choices[round(xi * (len(p.choices) - 1))]
             else:
                 lo, hi = float(p.low), float(p.high)
                 if p.log:

@@ -129,9 +129,7 @@ class Storage:
 
         with _storage_errors(self.url, "list studies"):
             summaries = optuna.get_all_study_summaries(self._storage, include_best_trial=False)
-        return sorted(
-            s.study_name for s in summaries if f"{PREFIX}config" in s.user_attrs
-        )
+        return sorted(s.study_name for s in summaries if f"{PREFIX}config" in s.user_attrs)
 
     def create(self, config: StudyConfig) -> StudyRecord:
         """Creates a study from a validated config.
@@ -286,7 +284,9 @@ class StudyRecord:
             )
         return out
 
-    def enqueue(self, recipe: Mapping[str, Any], *, round: int, proposal: Mapping[str, Any]) -> None:
+    def enqueue(
+        self, recipe: Mapping[str, Any], *, round: int, proposal: Mapping[str, Any]
+    ) -> None:
         """Stores a proposed candidate as a WAITING trial (the proposal survives a crash)."""
         with _storage_errors(self._store.url, "enqueue a candidate"):
             self.study.enqueue_trial(

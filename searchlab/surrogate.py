@@ -113,9 +113,9 @@ class DomainSurrogate:
         """
         import torch
         from botorch.fit import fit_gpytorch_mll
-        from botorch.optim.fit import fit_gpytorch_mll_scipy
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms.outcome import Standardize
+        from botorch.optim.fit import fit_gpytorch_mll_scipy
         from gpytorch.kernels import IndexKernel
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -168,9 +168,7 @@ class DomainSurrogate:
         model.eval()
         self.model = model
         self._warm = {
-            k: v.detach().clone()
-            for k, v in model.state_dict().items()
-            if k.startswith(_WARM_KEYS)
+            k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(_WARM_KEYS)
         }
         self._warm["__two_task__"] = torch.tensor(float(self.two_task))
 
@@ -179,9 +177,7 @@ class DomainSurrogate:
         if not self._warm or bool(self._warm["__two_task__"]) != self.two_task:
             return False
         own = model.state_dict()
-        compatible = {
-            k: v for k, v in self._warm.items() if k in own and own[k].shape == v.shape
-        }
+        compatible = {k: v for k, v in self._warm.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(compatible, strict=False)
         return True
 

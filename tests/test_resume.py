@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 SLOW_BACKEND = textwrap.dedent(
-    '''
+    """
     import json, time
     from searchlab.backends import SimulatedBackend
 
@@ -37,7 +37,7 @@ SLOW_BACKEND = textwrap.dedent(
                 f.write(json.dumps({"candidate": artefact["candidate"],
                                     "submission": submission}) + "\\n")
             return super().submit_external(artefact, submission=submission)
-    '''
+    """
 )
 
 STUDY = """
@@ -101,7 +101,10 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dic
     env = _env(tmp_path)
     proc = subprocess.Popen(
         _cli("study", "create", str(study), "--storage", storage, "-q"),
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 240
     while _complete_count(db, name) < after_complete:
@@ -118,19 +121,28 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dic
     done_before = _complete_count(db, name)
     resumed = subprocess.run(
         _cli("study", "resume", name, "--storage", storage, "-q"),
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
     status = json.loads(
         subprocess.run(
             _cli("study", "status", name, "--storage", storage, "--json"),
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     )
     audit = json.loads(
         subprocess.run(
             _cli("study", "audit", name, "--storage", storage, "--json"),
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     )
     sent = [json.loads(line) for line in log.read_text().splitlines()]

@@ -1,0 +1,100 @@
+"""The engine end to end on the simulated back end, in process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from searchlab.backends import load_backend
+from searchlab.config import load_study_file, validate_study
+from searchlab.engine import Engine, status
+from searchlab.simulation import canonical_space
+from searchlab.store import Storage
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ("cipher", "gravity", "equations")
+
+
+def _config(**policy):
+    return validate_study(
+        {
+            "name": "e2e",
+            "seed": 1,
+            "domains": [{"name": d} for d in DOMAINS],
+            "space": canonical_space(DOMAINS),
+            "backend": {"name": "simulated", "options": {"weak_domains": ["equations"]}},
+            "rounds": {"candidates": 4, "count": 3},
+            "external": {"per_round": 2, "total": 5},
+            "policy": {"warmup_rounds": 1, **policy},
+        },
+        source="test",
+    )
+
+
+def _run(tmp_path: Path, config) -> tuple[Engine, dict]:
+    record = Storage(f"sqlite:///{tmp_path / 's.db'}", create=True).create(config)
+    backend = load_backend(
+        config.backend.name,
+        config.backend.options,
+        domains=config.domain_names,
+        weights=config.weights,
+        seed=config.seed,
+    )
+    engine = Engine(record=record, config=config, backend=backend)
+    engine.run()
+    return engine, status(record)
+
+
+def test_study_runs_and_status_has_the_contract_keys(tmp_path: Path) -> None:
+    engine, s = _run(tmp_path, _config())
+    assert s["finished"] and s["rounds_done"] == 3 and s["candidates"] == 12
+    assert s["external_budget"] == {"used": 5, "left": 0, "total": 5}
+    assert set(s["domains"]) == set(DOMAINS)
+    for d in s["domains"].values():
+        assert d["mode"] in ("proxy", "decoupled") and d["threshold"] > 0
+    rec = s["recommendation"]
+    assert {"candidate", "recipe", "modelled_external", "true_external", "regret"} <= set(rec)
+    assert {"candidate", "true_external", "regret"} <= set(s["best_dev_candidate"])
+    assert rec["regret"] >= -1e-9
+
+    audit = engine.record.audit_log()
+    kinds = [e["kind"] for e in audit]
+    assert kinds.count("proposal") == 3 and kinds.count("round_done") == 3
+    assert kinds[-1] == "recommendation"
+    subs = [e for e in audit if e["kind"] == "submission"]
+    assert len(subs) == 5 and len({e["candidate"] for e in subs}) == 5
+    # Per-round budget respected: 2, 2, then the last 1.
+    assert [sum(1 for e in subs if e["round"] == r) for r in range(3)] == [2, 2, 1]
+    # Each model-based proposal records its acquisition values and the modes it used.
+    model_based = [e for e in audit if e["kind"] == "proposal" and e["method"] == "qLogNEI"]
+    assert len(model_based) == 2
+    assert all(len(e["log_acquisition"]) == 4 and "modes" in e for e in model_based)
+
+
+def test_recommendation_is_not_the_raw_dev_argmax_by_construction(tmp_path: Path) -> None:
+    engine, _s = _run(tmp_path, _config())
+    rec = engine.record.get("recommendation")
+    assert rec["recommendation"]["basis"] == "modelled external"
+
+
+def test_resume_of_a_finished_study_changes_nothing(tmp_path: Path) -> None:
+    engine, before = _run(tmp_path, _config())
+    n_audit = len(engine.record.audit_log())
+    again = Engine(record=engine.record, config=engine.config, backend=engine.backend)
+    again.run()
+    after = status(engine.record)
+    assert after["candidates"] == before["candidates"]
+    assert after["external_budget"] == before["external_budget"]
+    # Only the final recommendation is recorded again.
+    assert len(engine.record.audit_log()) == n_audit + 1
+
+
+@pytest.mark.slow
+def test_default_goodhart_study_alarms_on_the_weak_domain_only(tmp_path: Path) -> None:
+    """The acceptance run of ``studies/goodhart-sim.yaml`` (about 3 minutes on 2 cores)."""
+    config = load_study_file(ROOT / "studies" / "goodhart-sim.yaml")
+    _, s = _run(tmp_path, config)
+    alarmed = {a["domain"] for a in s["alarms"]}
+    assert alarmed == {"equations"}, s["alarms"]
+    assert s["recommendation"]["regret"] < s["best_dev_candidate"]["regret"]
