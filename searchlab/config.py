@@ -52,6 +52,13 @@ def _finite(value: float, what: str) -> float:
     return value
 
 
+def _check_range(low: float, high: float, log: bool) -> None:
+    if not low < high:
+        raise ValueError(f"empty or inverted bounds: low={low} must be < high={high}")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs low > 0, got low={low}")
+
+
 class DomainConfig(_Strict):
     """A scored domain of the study and its weight in the objective."""
 
@@ -83,12 +90,7 @@ class FloatParam(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> FloatParam:
-        _finite(self.low, "low")
-        _finite(self.high, "high")
-        if not self.low < self.high:
-            raise ValueError(f"empty or inverted bounds: low={self.low} must be < high={self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        _check_range(_finite(self.low, "low"), _finite(self.high, "high"), self.log)
         return self
 
 
@@ -102,10 +104,7 @@ class IntParam(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> IntParam:
-        if not self.low < self.high:
-            raise ValueError(f"empty or inverted bounds: low={self.low} must be < high={self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        _check_range(self.low, self.high, self.log)
         return self
 
 

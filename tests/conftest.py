@@ -23,24 +23,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import yaml
 
+from searchlab.simulation import canonical_space  # numpy/scipy only: no torch yet
+
 _TINY_STUDY: dict[str, Any] = {
     "name": "tiny",
     "seed": 0,
     "description": "A tiny simulated study for the tests.",
     "domains": [{"name": "cipher"}, {"name": "equations"}],
-    "space": {
-        "mixture": {"type": "mixture", "domains": ["cipher", "equations"]},
-        "learning_rate": {
-            "type": "float",
-            "low": 3.1622776601683794e-06,
-            "high": 3.1622776601683794e-04,
-            "log": True,
-        },
-        "epochs": {"type": "int", "low": 1, "high": 10},
-        "lora_rank": {"type": "categorical", "choices": [8, 16, 32, 64, 128]},
-        "template_share": {"type": "float", "low": 0.0, "high": 1.0},
-        "lora_dropout": {"type": "float", "low": 0.0, "high": 0.3},
-    },
+    "space": canonical_space(("cipher", "equations")),
     "backend": {
         "name": "simulated",
         "options": {"variant": "goodhart", "weak_domains": ["equations"]},
