@@ -419,15 +419,17 @@ class Engine:
             (n for n in done if n in models.numbers), key=lambda n: done[n]["submission"]
         )
         rows = [models.numbers.index(n) for n in order]
+        checks: dict[str, Any] = {}
         for d, p in zip(self.domains, models.predictions, strict=True):
             monitor = self.monitors[d]
-            before = monitor.mode
+            before, snapshot = monitor.mode, monitor.to_dict()
             dev = p["dev_mean"][rows]
             ext = np.array([done[n]["scores"][d] for n in order])
             result, event = monitor.check(self.tests[d], dev, ext)
+            checks[d] = {"mode": monitor.mode, **result.to_dict()}
             if event is not None and not self.config.policy.switch:
                 # The dev-only baseline: the test is run and recorded, the mode never changes.
-                monitor.mode = before
+                self.monitors[d] = monitor = DomainMonitor.from_dict(snapshot)
                 self.record.audit(
                     "alarm_ignored",
                     round=r,
@@ -450,6 +452,8 @@ class Engine:
                     task_correlation=self.surrogates[self.domains.index(d)].task_correlation(),
                 )
                 self.progress("mode_switch", {"domain": d, "candidate": number, "to": monitor.mode})
+        # One record per check: every domain's statistic against its threshold.
+        self.record.audit("validity_check", round=r, candidate=number, domains=checks)
 
     # -- end of round -----------------------------------------------------------------------
 
@@ -462,7 +466,7 @@ class Engine:
             "best_dev": result.get("best_dev"),
             "modelled_external": result["recommendation"]["modelled_external"],
             "modes": dict(zip(self.domains, self.modes, strict=True)),
-            "alarms": len(alarms(self.record)),
+            "alarms": len(alarms(self.record.audit_log())),
             "budget_left": self.config.external.total - self.budget_used(),
         }
         self.record.audit("round_done", **summary)
@@ -517,11 +521,11 @@ class Engine:
         return truth
 
 
-def alarms(record: StudyRecord) -> list[dict[str, Any]]:
-    """Every switch to decoupled mode: which domain, on which candidate's submission."""
+def alarms(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every switch to decoupled mode in an audit log: which domain, after which submission."""
     return [
         {"domain": e["domain"], "candidate": e["candidate"], "round": e["round"]}
-        for e in record.audit_log()
+        for e in log
         if e["kind"] == "mode_switch" and e.get("to_mode") == DECOUPLED
     ]
 
@@ -532,14 +536,17 @@ def status(record: StudyRecord) -> dict[str, Any]:
     rounds = [v for _, v in sorted(record.items("round").items())]
     externals = record.items("external")
     candidates = record.candidates()
+    log = record.audit_log()
+    last_check = next((e["domains"] for e in reversed(log) if e["kind"] == "validity_check"), {})
     domains: dict[str, Any] = {}
     for d in config.domain_names:
         m = record.get(f"monitor.{d}") or {}
-        last = (m.get("history") or [{}])[-1]
+        check = last_check.get(d, {})
         domains[d] = {
             "mode": m.get("mode", PROXY),
-            "statistic": last.get("statistic"),
-            "threshold": last.get("threshold", len(config.domains) / config.policy.alpha),
+            "statistic": check.get("statistic"),
+            "threshold": check.get("threshold", len(config.domains) / config.policy.alpha),
+            "pairs": check.get("n_pairs", 0),
         }
     used = len(externals)
     rec = record.get("recommendation") or {}
@@ -556,7 +563,7 @@ def status(record: StudyRecord) -> dict[str, Any]:
             "total": config.external.total,
         },
         "domains": domains,
-        "alarms": alarms(record),
+        "alarms": alarms(log),
         "recommendation": rec.get("recommendation"),
         "best_dev_candidate": rec.get("best_dev_candidate"),
     }
