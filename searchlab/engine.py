@@ -28,7 +28,13 @@ from searchlab.acquisition import DECOUPLED, PROXY, modelled_objective, propose_
 from searchlab.backends import Backend, check_dev_scores, check_external_scores
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, SearchlabError
-from searchlab.policy import rank_for_submission, recommend, spread_by_dev
+from searchlab.policy import (
+    SubmissionChoice,
+    rank_for_submission,
+    recommend,
+    record_probe,
+    spread_by_dev,
+)
 from searchlab.space import SearchSpace
 from searchlab.store import Candidate, StudyRecord
 from searchlab.surrogate import DomainSurrogate
@@ -355,17 +361,44 @@ class Engine:
             )
             choices = spread_by_dev(open_numbers, np.asarray(mean_dev), k)
         else:
-            choices = rank_for_submission(
+            choices = []
+            if k >= 2 and all(self.tests[d].scale for d in self.domains):
+                probe = self._record_probe(models, open_numbers, rows, externals)
+                if probe is not None:
+                    choices.append(probe)
+                    rows = [
+                        i for n, i in zip(open_numbers, rows, strict=True) if n != probe.candidate
+                    ]
+                    open_numbers = [n for n in open_numbers if n != probe.candidate]
+            choices += rank_for_submission(
                 open_numbers,
                 [{key: v[rows] for key, v in p.items()} for p in models.predictions],
                 self.weights,
                 self.modes,
-                k,
+                k - len(choices),
                 beta=self.config.policy.ucb_beta,
             )
         for choice in choices:
             self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
         self._set_round(r, "submitted")
+
+    def _record_probe(
+        self,
+        models: _Models,
+        open_numbers: list[int],
+        rows: list[int],
+        externals: dict[int, dict[str, Any]],
+    ) -> SubmissionChoice | None:
+        paired = [models.numbers.index(n) for n in externals if n in models.numbers]
+        if not paired:
+            return None
+        return record_probe(
+            open_numbers,
+            [p["dev_mean"][rows] for p in models.predictions],
+            [float(np.max(p["dev_mean"][paired])) for p in models.predictions],
+            [float(self.tests[d].scale or 1.0) for d in self.domains],
+            self.domains,
+        )
 
     def _submit_one(self, r: int, number: int, reason: str, score: float, models: _Models) -> None:
         submission = self.budget_used()

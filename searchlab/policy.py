@@ -5,7 +5,9 @@ Submission policy (DESIGN.md, "spend the external budget where it informs the de
 - Warm-up rounds: spread the submissions over the range of de-noised mean dev (the lowest and the
   highest first, then the quantiles between), so the validity test sees the dev->external relation
   over a range and not only at the top.
-- Later rounds: rank unsubmitted candidates by
+- Later rounds, with two or more submissions a round: one goes to the candidate setting the
+  largest per-domain dev record over the pairs the validity test has (:func:`record_probe`).
+- The rest: rank unsubmitted candidates by
 
       score(x) = sum_d w_d * [ mu_dev_d(x)                          if d is in proxy mode
                                mu_ext_d(x) + beta * sd_ext_d(x)     if d is decoupled ],
@@ -103,6 +105,49 @@ def rank_for_submission(
     )
     best = np.argsort(-score)[:k]
     return [SubmissionChoice(numbers[i], reason, float(score[i])) for i in best]
+
+
+def record_probe(
+    numbers: Sequence[int],
+    dev_means: Sequence[np.ndarray],
+    paired_max: Sequence[float],
+    scales: Sequence[float],
+    domains: Sequence[str],
+) -> SubmissionChoice | None:
+    """The candidate that sets the largest dev record over the pairs the validity test has.
+
+    Collapse shows where dev makes records; a test that only ever sees external at the best
+    candidates by *mean* dev may never see a domain's own records. So one submission a round goes
+    to the candidate whose de-noised dev, in some domain, lies furthest above that domain's
+    highest paired dev, in units of the domain's warm-up dev sd.
+
+    Args:
+        numbers: ``n`` unsubmitted candidate numbers.
+        dev_means: Per domain, ``n`` de-noised dev values of those candidates.
+        paired_max: Per domain, the highest de-noised dev among submitted candidates.
+        scales: Per domain, the warm-up dev sd of the validity test.
+        domains: ``K`` domain names, for the reason.
+
+    Returns:
+        The choice, or None when no candidate beats a record.
+    """
+    if not numbers:
+        return None
+    z = np.stack(
+        [
+            (m - top) / max(sd, 1e-9)
+            for m, top, sd in zip(dev_means, paired_max, scales, strict=True)
+        ]
+    )  # K x n
+    best_domain, best = np.unravel_index(int(np.argmax(z)), z.shape)
+    if z[best_domain, best] <= 0:
+        return None
+    return SubmissionChoice(
+        numbers[best],
+        f"validity probe: dev record in {domains[best_domain]} "
+        f"(+{z[best_domain, best]:.2f} warm-up sd above its paired maximum)",
+        float(z[best_domain, best]),
+    )
 
 
 def recommend(numbers: Sequence[int], modelled_external: np.ndarray) -> tuple[int, float]:

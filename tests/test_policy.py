@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from searchlab.policy import rank_for_submission, recommend, spread_by_dev
+from searchlab.policy import rank_for_submission, recommend, record_probe, spread_by_dev
 
 
 def test_warm_up_spreads_over_dev_extremes_first() -> None:
@@ -33,3 +34,14 @@ def test_proxy_mode_confirms_best_dev_decoupled_uses_external_bound() -> None:
 
 def test_recommendation_is_by_modelled_external() -> None:
     assert recommend([4, 5, 6], np.array([0.3, np.nan, 0.5])) == (6, 0.5)
+
+
+def test_record_probe_picks_the_largest_per_domain_dev_record() -> None:
+    numbers = [7, 8, 9]
+    dev_a = np.array([0.50, 0.52, 0.40])  # domain a: paired max 0.50, sd 0.1 -> +0.2 sd at 8
+    dev_b = np.array([0.30, 0.20, 0.61])  # domain b: paired max 0.40, sd 0.1 -> +2.1 sd at 9
+    choice = record_probe(numbers, [dev_a, dev_b], [0.5, 0.4], [0.1, 0.1], ["a", "b"])
+    assert choice is not None and choice.candidate == 9
+    assert "b" in choice.reason and choice.score == pytest.approx(2.1)
+    # No candidate beats a record: no probe.
+    assert record_probe(numbers, [dev_a, dev_b], [0.9, 0.9], [0.1, 0.1], ["a", "b"]) is None
