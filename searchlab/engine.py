@@ -88,8 +88,9 @@ class Engine:
                 dim=self.space.dim,
                 simplex_groups=self.space.simplex_groups(),
                 resolution=config.external.resolution,
+                seed=config.seed * 100 + i,
             )
-            for _ in self.domains
+            for i, _ in enumerate(self.domains)
         ]
         self.settings = DetectorSettings(
             alpha=config.policy.alpha,

@@ -22,7 +22,7 @@ seconds cold and well under one second warm-started from the previous fit's hype
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,14 +77,22 @@ class DomainSurrogate:
         dim: Number of recipe coordinates ``d``.
         simplex_groups: Coordinate indices of mixture groups (projected onto the simplex).
         resolution: The external target's display resolution; scores are floored to it.
+        seed: Seeds the fit's random draws (BoTorch's fit retries from sampled priors), so a study
+            is reproducible from its seed; the draw also depends on the data size.
     """
 
     def __init__(
-        self, *, dim: int, simplex_groups: Sequence[Sequence[int]] = (), resolution: float = 0.0
+        self,
+        *,
+        dim: int,
+        simplex_groups: Sequence[Sequence[int]] = (),
+        resolution: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.dim = dim
         self.simplex_groups = [list(g) for g in simplex_groups]
         self.resolution = resolution
+        self.seed = seed
         self.model: Model | None = None
         self.two_task = False
         self._warm: dict[str, torch.Tensor] = {}
@@ -112,10 +120,19 @@ class DomainSurrogate:
             y_ext: ``m`` external scores as reported (floored).
         """
         import torch
-        from botorch.fit import fit_gpytorch_mll
+
+        # The task kernel's initial factor and BoTorch's fit retries draw from torch's global
+        # generator: seed a private one so a study is reproducible from its seed.
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 1_000_003 + 1009 * len(y_dev) + len(y_ext))
+            self._fit(x_dev, y_dev, x_ext, y_ext)
+
+    def _fit(
+        self, x_dev: np.ndarray, y_dev: np.ndarray, x_ext: np.ndarray, y_ext: np.ndarray
+    ) -> None:
+        import torch
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms.outcome import Standardize
-        from botorch.optim.fit import fit_gpytorch_mll_scipy
         from gpytorch.kernels import IndexKernel
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -159,18 +176,25 @@ class DomainSurrogate:
             ).to(dtype)
         warm = self._warm_start(model)
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        if warm:
-            # From the previous round's optimum a capped L-BFGS run is enough; BoTorch's default
-            # retry policy would restart from random hyperparameters on a maxiter warning.
-            fit_gpytorch_mll_scipy(mll, options={"maxiter": 60})
-        else:
-            fit_gpytorch_mll(mll, max_attempts=2)
+        self._optimise(mll, warm)
         model.eval()
         self.model = model
         self._warm = {
             k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(_WARM_KEYS)
         }
         self._warm["__two_task__"] = torch.tensor(float(self.two_task))
+
+    @staticmethod
+    def _optimise(mll: Any, warm: bool) -> None:
+        from botorch.fit import fit_gpytorch_mll
+        from botorch.optim.fit import fit_gpytorch_mll_scipy
+
+        if warm:
+            # From the previous round's optimum a capped L-BFGS run is enough; BoTorch's default
+            # retry policy would restart from random hyperparameters on a maxiter warning.
+            fit_gpytorch_mll_scipy(mll, options={"maxiter": 60})
+        else:
+            fit_gpytorch_mll(mll, max_attempts=2)
 
     def _warm_start(self, model: Model) -> bool:
         """Starts from the previous fit's hyperparameters when the model shape is the same."""
