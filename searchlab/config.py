@@ -189,6 +189,10 @@ class PolicyConfig(_Strict):
     knot_quantiles: tuple[float, ...] = ()
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
+    # Per-domain alarm threshold on the e-value. None: n_domains / alpha (Ville + Bonferroni,
+    # anytime-valid whatever the data, conservative). A number: a threshold calibrated by
+    # simulation (`searchlab validity calibrate --threshold T`), valid as far as the streams are.
+    threshold: float | None = Field(default=None, gt=1, le=1e12)
     switch: bool = True  # False: never leave proxy mode (the dev-only baseline)
     ucb_beta: float = Field(default=1.0, ge=0, le=100)
 

@@ -97,6 +97,7 @@ class Engine:
             n_domains=len(self.domains),
             knot_quantiles=tuple(config.policy.knot_quantiles),
             knot_offsets=tuple(config.policy.knot_offsets),
+            threshold_override=config.policy.threshold,
             return_alpha=config.policy.hysteresis.return_alpha,
             min_dwell=config.policy.hysteresis.min_dwell,
         )
@@ -579,7 +580,9 @@ def status(record: StudyRecord) -> dict[str, Any]:
         domains[d] = {
             "mode": m.get("mode", PROXY),
             "statistic": check.get("statistic"),
-            "threshold": check.get("threshold", len(config.domains) / config.policy.alpha),
+            "threshold": check.get(
+                "threshold", config.policy.threshold or len(config.domains) / config.policy.alpha
+            ),
             "pairs": check.get("n_pairs", 0),
         }
     used = len(externals)

@@ -162,6 +162,7 @@ class DetectorSettings:
     min_dwell: int = 8
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     hinge_form: str = "quad"
+    threshold_override: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0 or not 0.0 < self.return_alpha < 1.0:
@@ -178,10 +179,19 @@ class DetectorSettings:
             raise ValueError("need min_pairs >= 6, min_above >= 1, min_dwell >= 0")
         if self.hinge_form not in _FORMS:
             raise ValueError(f"hinge_form must be one of {_FORMS}")
+        if self.threshold_override is not None and not self.threshold_override > 1.0:
+            raise ValueError("threshold_override must be > 1")
 
     @property
     def threshold(self) -> float:
-        """Alarm threshold on the e-value: ``n_domains / alpha`` (Ville + Bonferroni)."""
+        """Alarm threshold on the e-value.
+
+        ``n_domains / alpha`` (Ville + Bonferroni: anytime-valid, model-free, conservative), or
+        a per-domain threshold calibrated by simulation (``threshold_override``), whose
+        false-alarm rate is only as good as the simulated streams; :func:`calibrate` measures it.
+        """
+        if self.threshold_override is not None:
+            return self.threshold_override
         return self.n_domains / self.alpha
 
     @property
@@ -202,6 +212,7 @@ class DetectorSettings:
             "min_dwell": self.min_dwell,
             "knot_offsets": list(self.knot_offsets),
             "hinge_form": self.hinge_form,
+            "threshold_override": self.threshold_override,
         }
 
     @classmethod
@@ -882,6 +893,10 @@ def calibrate(
     return {
         "false_alarm_rate": n_false / streams,
         "false_alarm_ci95": _clopper_pearson(n_false, streams),
+        # P(any of n_domains null domains alarms): union bound on the upper 95 % limit.
+        "study_false_alarm_bound": min(
+            1.0, settings.n_domains * _clopper_pearson(n_false, streams)[1]
+        ),
         "false_alarm_by_variant": {
             v: {"streams": len(a), "alarms": int(sum(a))} for v, a in null_alarm.items()
         },
