@@ -271,12 +271,152 @@ def study_validate(file: Annotated[str, typer.Argument(help="The study file (YAM
     )
 
 
+@study_app.command("export")
+def study_export(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the tables.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json or parquet.")] = "csv",
+    storage: StorageOpt = None,
+) -> None:
+    """Tidy tables: candidates, decisions, submissions and validity checks."""
+    from searchlab.analysis import FORMATS, OutputError, export
+    from searchlab.store import Storage
+
+    if fmt not in FORMATS:
+        raise OutputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    record = Storage(_storage_url(storage)).load(name)
+    for path in export(record, fmt, out_dir):
+        out.print(str(path))
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise SearchlabError(f"{option} takes numbers separated by commas, got {text!r}") from None
+
+
+@study_app.command("analyze")
+def study_analyze(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="False-alarm level: threshold n_domains / alpha.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Per-domain e-value threshold (a calibrated one).")
+    ] = None,
+    knot_offsets: Annotated[
+        str | None, typer.Option(help="Knots at warm-up max + c sd, e.g. '-1,0,1'.")
+    ] = None,
+    knot_quantiles: Annotated[
+        str | None, typer.Option(help="Knots at warm-up dev quantiles, e.g. '0.5,0.8'.")
+    ] = None,
+    prior_scale: Annotated[float | None, typer.Option(help="g, the slope prior scale.")] = None,
+    hinge_form: Annotated[str | None, typer.Option(help="quad, linear or local.")] = None,
+    min_pairs: Annotated[int | None, typer.Option(help="No test before this many pairs.")] = None,
+    return_alpha: Annotated[float | None, typer.Option(help="Level of the return.")] = None,
+    min_dwell: Annotated[int | None, typer.Option(help="Pairs before a return.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Re-run the validity test over the stored history with other settings."""
+    from searchlab.analysis import describe_switch, reanalyze
+    from searchlab.store import Storage
+
+    record = Storage(_storage_url(storage)).load(name)
+    result = reanalyze(
+        record,
+        alpha=alpha,
+        threshold=threshold,
+        knot_offsets=_floats(knot_offsets, "--knot-offsets"),
+        knot_quantiles=_floats(knot_quantiles, "--knot-quantiles"),
+        prior_scale=prior_scale,
+        hinge_form=hinge_form,
+        min_pairs=min_pairs,
+        return_alpha=return_alpha,
+        min_dwell=min_dwell,
+    )
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    out.print(f"study {name}: {result['pairs']} (dev, external) pairs in submission order")
+    out.print(f"dev used: {result['dev_source_note']}")
+    base = result["study_settings"]
+    changed = ", ".join(f"{k} {v} (study {base.get(k)})" for k, v in result["changed"].items())
+    out.print(f"settings: {changed or 'as in the study'}")
+    out.print(
+        "first switch to decoupled, as candidate (pair): in the study (its audit), replayed "
+        "with the study's settings on the dev above, and with the new settings"
+    )
+    table = Table("domain", "study", "replay", "new settings", "max E / threshold", "new vs replay")
+    for d, v in result["domains"].items():
+        new = v["reanalysis"]
+        table.add_row(
+            d,
+            describe_switch(v["study"]["first_switch"]),
+            describe_switch(v["replay"]["first_switch"]),
+            describe_switch(new["first_switch"]),
+            f"{_fmt(new['max_statistic'])} / {_fmt(v['threshold'])}",
+            v["change"],
+        )
+    out.print(table, soft_wrap=True)
+
+
+@study_app.command("report")
+def study_report(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the report.")],
+    storage: StorageOpt = None,
+) -> None:
+    """One self-contained HTML page, PNG figures and summary.md."""
+    from searchlab.analysis import check_output_dir
+    from searchlab.report import write_report
+    from searchlab.store import Storage
+
+    record = Storage(_storage_url(storage)).load(name)
+    check_output_dir(out_dir)
+    written = write_report(record, out_dir)
+    for path in [written["html"], *written["png"], written["summary"]]:
+        out.print(str(path))
+
+
+@app.command("dashboard")
+def dashboard(
+    storage: StorageOpt = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (default loopback: the dashboard can edit).")
+    ] = "127.0.0.1",
+    publish: Annotated[
+        bool, typer.Option(help="First write the searchlab figures and note into every study.")
+    ] = True,
+) -> None:
+    """Serve optuna-dashboard on the study storage, with searchlab's figures and notes."""
+    from searchlab.dashboard import serve
+    from searchlab.store import Storage
+
+    store = Storage(_storage_url(storage))
+    serve(
+        store,
+        host=host,
+        port=port,
+        publish_first=publish,
+        on_ready=lambda url: err.print(f"optuna-dashboard on {url} (Ctrl-C stops it)"),
+    )
+
+
 @validity_app.command("calibrate")
 def validity_calibrate(
     streams: Annotated[int, typer.Option(min=10, help="Simulated streams of each kind.")] = 200,
     horizon: Annotated[int, typer.Option(min=20, help="Candidates per stream.")] = 100,
     domains: Annotated[int, typer.Option(min=1, help="Domains corrected for (Bonferroni).")] = 6,
     alpha: Annotated[float, typer.Option(help="Study-wide false-alarm level.")] = 0.05,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="A per-domain e-value threshold to measure (default domains/alpha)."),
+    ] = None,
     seed: int = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
@@ -285,11 +425,13 @@ def validity_calibrate(
 
     if not 0 < alpha < 1:
         raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
+    if threshold is not None and not threshold > 1:
+        raise SearchlabError(f"--threshold must be > 1, got {threshold}")
     result = calibrate(
         streams=streams,
         horizon=horizon,
         seed=seed,
-        settings=DetectorSettings(alpha=alpha, n_domains=domains),
+        settings=DetectorSettings(alpha=alpha, n_domains=domains, threshold_override=threshold),
     )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -461,7 +461,8 @@ class Engine:
             dev = p["dev_mean"][rows]
             ext = np.array([done[n]["scores"][d] for n in order])
             result, event = monitor.check(self.tests[d], dev, ext)
-            checks[d] = {"mode": monitor.mode, **result.to_dict()}
+            # The de-noised dev the test saw, so `study analyze` can replay it exactly.
+            checks[d] = {"mode": monitor.mode, **result.to_dict(), "dev": dev.tolist()}
             if event is not None and not self.config.policy.switch:
                 # The dev-only baseline: the test is run and recorded, the mode never changes.
                 self.monitors[d] = monitor = DomainMonitor.from_dict(snapshot)
@@ -505,6 +506,12 @@ class Engine:
             "budget_left": self.config.external.total - self.budget_used(),
         }
         self.record.audit("round_done", **summary)
+        # optuna-dashboard figures and note; a failure is recorded, never fatal to the study.
+        from searchlab.dashboard import publish_after_round
+
+        problem = publish_after_round(self.record)
+        if problem is not None:
+            self.record.audit("dashboard_publish_failed", round=r, error=problem)
         return summary
 
     def _recommend(self, *, final: bool) -> dict[str, Any]:

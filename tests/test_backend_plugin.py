@@ -137,8 +137,13 @@ def test_user_backend_runs_a_study(tmp_path: Path, plugin: dict[str, str]) -> No
     assert {"candidate", "recipe", "modelled_external"} <= set(rec)
     assert isinstance(rec["candidate"], int) and 0 <= rec["candidate"] < 6
     assert set(rec["recipe"]) == {
-        "mixture.cipher", "mixture.equations", "learning_rate", "epochs", "lora_rank",
-        "template_share", "lora_dropout",
+        "mixture.cipher",
+        "mixture.equations",
+        "learning_rate",
+        "epochs",
+        "lora_rank",
+        "template_share",
+        "lora_dropout",
     }
     assert isinstance(rec["modelled_external"], float)
     # The class knows no truth: no true external score, no regret, anywhere.

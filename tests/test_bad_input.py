@@ -83,8 +83,11 @@ _LR = "space.learning_rate"
 # (id, build(folder) -> study file, culprits named in the error line)
 BAD_FILES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
     ("yaml-colon", _text("name: tiny: oops\nseed: 0\n"), (FILE, "malformed YAML")),
-    ("yaml-unclosed-bracket", _text("name: tiny\ndomains: [cipher, equations\nseed: 0\n"),
-     (FILE, "malformed YAML")),
+    (
+        "yaml-unclosed-bracket",
+        _text("name: tiny\ndomains: [cipher, equations\nseed: 0\n"),
+        (FILE, "malformed YAML"),
+    ),
     ("top-level-list", _text("- name: tiny\n- seed: 0\n"), (FILE, "mapping")),
     ("top-level-scalar", _text("just a string\n"), (FILE, "mapping")),
     ("empty-file", _text(""), (FILE, "mapping")),
@@ -93,37 +96,70 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
     ("wrong-type", _mutated(_set("rounds.candidates", "eight")), ("rounds.candidates",)),
     ("missing-required", _mutated(lambda d: d.pop("rounds")), ("rounds", "missing")),
     ("empty-bounds", _mutated(_set(f"{_LR}.high", 3.1622776601683794e-06)), (_LR,)),
-    ("inverted-bounds-int", _mutated(_both(_set("space.epochs.low", 10),
-                                           _set("space.epochs.high", 1))), ("space.epochs",)),
-    ("inverted-bounds-float", _mutated(_both(_set("space.template_share.low", 1.0),
-                                             _set("space.template_share.high", 0.0))),
-     ("space.template_share",)),
+    (
+        "inverted-bounds-int",
+        _mutated(_both(_set("space.epochs.low", 10), _set("space.epochs.high", 1))),
+        ("space.epochs",),
+    ),
+    (
+        "inverted-bounds-float",
+        _mutated(
+            _both(_set("space.template_share.low", 1.0), _set("space.template_share.high", 0.0))
+        ),
+        ("space.template_share",),
+    ),
     ("nan-bound", _mutated(_set("space.lora_dropout.high", math.nan)), ("space.lora_dropout",)),
     ("inf-bound", _mutated(_set("space.lora_dropout.high", math.inf)), ("space.lora_dropout",)),
     ("log-low-zero", _mutated(_set(f"{_LR}.low", 0.0)), (_LR,)),
     ("log-low-negative", _mutated(_set(f"{_LR}.low", -1e-5)), (_LR,)),
-    ("weights-sum", _mutated(_set("domains", [{"name": "cipher", "weight": 0.5},
-                                              {"name": "equations", "weight": 0.6}])),
-     ("domains", "sum")),
-    ("weights-partial", _mutated(_set("domains", [{"name": "cipher", "weight": 1.0},
-                                                  {"name": "equations"}])), ("domains",)),
-    ("mixture-unknown-domain", _mutated(_set("space.mixture.domains", ["cipher", "gravity"])),
-     ("space.mixture.domains", "gravity")),
-    ("duplicate-domains", _mutated(_set("domains", [{"name": "cipher"}, {"name": "cipher"},
-                                                    {"name": "equations"}])), ("domains",)),
-    ("categorical-one-choice", _mutated(_set("space.lora_rank.choices", [8])),
-     ("space.lora_rank",)),
-    ("per-round-over-candidates", _mutated(_set("external.per_round", 4)),
-     ("external.per_round",)),
+    (
+        "weights-sum",
+        _mutated(
+            _set(
+                "domains", [{"name": "cipher", "weight": 0.5}, {"name": "equations", "weight": 0.6}]
+            )
+        ),
+        ("domains", "sum"),
+    ),
+    (
+        "weights-partial",
+        _mutated(_set("domains", [{"name": "cipher", "weight": 1.0}, {"name": "equations"}])),
+        ("domains",),
+    ),
+    (
+        "mixture-unknown-domain",
+        _mutated(_set("space.mixture.domains", ["cipher", "gravity"])),
+        ("space.mixture.domains", "gravity"),
+    ),
+    (
+        "duplicate-domains",
+        _mutated(_set("domains", [{"name": "cipher"}, {"name": "cipher"}, {"name": "equations"}])),
+        ("domains",),
+    ),
+    (
+        "categorical-one-choice",
+        _mutated(_set("space.lora_rank.choices", [8])),
+        ("space.lora_rank",),
+    ),
+    ("per-round-over-candidates", _mutated(_set("external.per_round", 4)), ("external.per_round",)),
     ("name-slash", _mutated(_set("name", "team/tiny")), ("name", "team/tiny")),
     ("name-unicode", _mutated(_set("name", "tiny-étude")), ("name", "tiny-étude")),
-    ("backend-no-module", _mutated(_set("backend.name", "nosuchmodule.x:Backend")),
-     ("backend.name", "nosuchmodule.x")),
-    ("backend-no-class", _mutated(_set("backend.name", "json:NoSuchClass")),
-     ("backend.name", "NoSuchClass")),
+    (
+        "backend-no-module",
+        _mutated(_set("backend.name", "nosuchmodule.x:Backend")),
+        ("backend.name", "nosuchmodule.x"),
+    ),
+    (
+        "backend-no-class",
+        _mutated(_set("backend.name", "json:NoSuchClass")),
+        ("backend.name", "NoSuchClass"),
+    ),
     ("backend-unknown-builtin", _mutated(_set("backend.name", "simulatd")), ("backend.name",)),
-    ("simulated-unknown-option", _mutated(_set("backend.options.frobnicate", 1)),
-     ("backend.options", "frobnicate")),
+    (
+        "simulated-unknown-option",
+        _mutated(_set("backend.options.frobnicate", 1)),
+        ("backend.options", "frobnicate"),
+    ),
     ("file-missing", _missing_file, (FILE, "not found")),
 ]
 
@@ -229,7 +265,8 @@ def test_create_with_broken_backend_stores_nothing(tiny_study: Path, tmp_path: P
     data = tiny_study_data()
     data["backend"]["name"] = "nosuchmodule.x:Backend"
     broken = write_yaml(tmp_path / "broken.yaml", data)
-    assert_one_line_error(run_cli("study", "create", str(broken), "--storage", url, "-q"),
-                          "backend.name")
+    assert_one_line_error(
+        run_cli("study", "create", str(broken), "--storage", url, "-q"), "backend.name"
+    )
     # Nothing was stored: not even the database file was created.
     assert not (tmp_path / "s.db").exists()
