@@ -31,7 +31,7 @@ def test_a_study_from_another_schema_gets_a_clear_message(tmp_path: Path) -> Non
     record = Storage(url, create=True).create(_config())
     assert Storage(url).load("schema").get("schema") == 1
     record.study.set_user_attr(f"{PREFIX}schema", 99)
-    with pytest.raises(StorageError, match="schema version 99.*reads version 1"):
+    with pytest.raises(StorageError, match=r"schema version 99.*reads version 1"):
         Storage(url).load("schema")
 
 
@@ -40,7 +40,7 @@ def test_an_optuna_study_that_is_not_searchlabs_is_named(tmp_path: Path) -> None
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     optuna.create_study(study_name="plain", storage=url)
-    with pytest.raises(StorageError, match="'plain'.*not a searchlab study"):
+    with pytest.raises(StorageError, match=r"'plain'.*not a searchlab study"):
         Storage(url).load("plain")
     assert Storage(url).names() == []
 
