@@ -302,6 +302,8 @@ def _coerce_option(key: str, value: Any) -> Any:
             raise ValueError(f"{key}: expected a list of domain names, got {value!r}")
         return tuple(str(v) for v in value)
     if key == "variant":
+        if value is None:
+            raise ValueError('variant: YAML reads a bare null as nothing; write variant: "null"')
         if value not in VARIANTS:
             raise ValueError(f"variant: {value!r} is not one of {list(VARIANTS)}")
         return value
