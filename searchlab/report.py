@@ -666,7 +666,17 @@ def markdown_summary(v: StudyView, pngs: list[str]) -> str:
     lines += ["", "## Recommendation", "", "\n\n".join(_rec_lines(v)), "", "## Figures", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in pngs]
     lines += ["", "## Audit trail", ""]
-    rows = [
+    rows = _audit_rows(v)
+    lines += _md_table(["seq", "round", "kind", "candidate", "domain", "numbers"], rows)
+    lines += ["", "## Candidates", ""]
+    header, crow = _candidate_rows(v)
+    lines += _md_table(header, crow)
+    return "\n".join(lines) + "\n"
+
+
+def _audit_rows(v: StudyView) -> list[list[Any]]:
+    """The audit trail as table rows: seq, round (1-based), kind, candidate, domain, numbers."""
+    return [
         [
             e.get("seq"),
             "-" if e.get("round") is None else e["round"] + 1,
@@ -677,11 +687,6 @@ def markdown_summary(v: StudyView, pngs: list[str]) -> str:
         ]
         for e in v.log
     ]
-    lines += _md_table(["seq", "round", "kind", "candidate", "domain", "numbers"], rows)
-    lines += ["", "## Candidates", ""]
-    header, crow = _candidate_rows(v)
-    lines += _md_table(header, crow)
-    return "\n".join(lines) + "\n"
 
 
 def _html_table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
@@ -726,17 +731,7 @@ def html_page(v: StudyView, figs: dict[str, Any]) -> str:
         parts.append(f"<h2>{html.escape(FIGURES[gid])}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=gid))
     parts.append("<h2>Audit trail</h2>")
-    rows = [
-        [
-            e.get("seq"),
-            "-" if e.get("round") is None else e["round"] + 1,
-            e.get("kind"),
-            e.get("candidate", ""),
-            e.get("domain", ""),
-            _audit_details(e),
-        ]
-        for e in v.log
-    ]
+    rows = _audit_rows(v)
     parts.append(
         _html_table(["seq", "round", "kind", "candidate", "domain", "numbers"], rows, "audit")
     )
