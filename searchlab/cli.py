@@ -47,6 +47,15 @@ StorageOpt = Annotated[
     ),
 ]
 
+LeaseOpt = Annotated[
+    float,
+    typer.Option(
+        "--lease",
+        min=1.0,
+        help="Seconds without a heartbeat after which a worker's candidate is given away.",
+    ),
+]
+
 
 def _storage_url(storage: str | None) -> str:
     from searchlab.store import DEFAULT_STORAGE
@@ -127,14 +136,29 @@ def _load_backend(config: Any) -> Any:
     )
 
 
-def _run(record: Any, config: Any, quiet: bool, backend: Any = None) -> None:
+def _run(
+    record: Any,
+    config: Any,
+    quiet: bool,
+    backend: Any = None,
+    *,
+    external_workers: bool = False,
+    lease_s: float = 60.0,
+) -> None:
     from searchlab.engine import Engine, status
 
     _quiet_libraries()
     backend = backend if backend is not None else _load_backend(config)
     display = _Display(config.domain_names, quiet)
     try:
-        Engine(record=record, config=config, backend=backend, progress=display).run()
+        Engine(
+            record=record,
+            config=config,
+            backend=backend,
+            progress=display,
+            external_workers=external_workers,
+            lease_s=lease_s,
+        ).run()
     finally:
         display.close()
     _print_summary(status(record))
@@ -173,6 +197,14 @@ def study_create(
     name: Annotated[str | None, typer.Option(help="Override the study name.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the seed.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    external_workers: Annotated[
+        bool,
+        typer.Option(
+            "--external-workers",
+            help="Only coordinate: 'searchlab worker' processes train the candidates.",
+        ),
+    ] = False,
+    lease: LeaseOpt = 60.0,
 ) -> None:
     """Create a study from FILE and run it to the end."""
     from searchlab.config import load_study_file
@@ -184,7 +216,7 @@ def study_create(
     # Load the back end before storing anything: a broken back end must not leave a study behind.
     backend = _load_backend(config)
     record = Storage(_storage_url(storage), create=True).create(config)
-    _run(record, config, quiet, backend)
+    _run(record, config, quiet, backend, external_workers=external_workers, lease_s=lease)
 
 
 @study_app.command("resume")
@@ -200,6 +232,60 @@ def study_resume(
     record = Storage(_storage_url(storage)).load(name)
     config = StudyConfig.model_validate(record.config_data)
     _run(record, config, quiet)
+
+
+@app.command("coordinator")
+def coordinator(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    lease: LeaseOpt = 60.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Run (or resume) a study whose candidates 'searchlab worker' processes train."""
+    from searchlab.config import StudyConfig
+    from searchlab.store import Storage
+
+    record = Storage(_storage_url(storage)).load(name)
+    config = StudyConfig.model_validate(record.config_data)
+    _run(record, config, quiet, external_workers=True, lease_s=lease)
+
+
+@app.command("worker")
+def worker(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    lease: LeaseOpt = 60.0,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option(help="Seconds between heartbeats (default: lease / 12, at most 5)."),
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option("--idle-exit", help="Stop after this many seconds without work."),
+    ] = None,
+    max_candidates: Annotated[
+        int | None, typer.Option("--max-candidates", min=1, help="Stop after this many.")
+    ] = None,
+) -> None:
+    """Train and evaluate the study's proposed candidates until it is finished."""
+    import logging
+
+    from searchlab.worker import run_worker
+
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    counts = run_worker(
+        _storage_url(storage),
+        name,
+        lease_s=lease,
+        heartbeat_s=heartbeat if heartbeat is not None else min(5.0, lease / 12),
+        idle_exit_s=idle_exit,
+        max_candidates=max_candidates,
+    )
+    out.print(
+        f"worker: {counts['done']} candidates done, {counts['failed']} failed, "
+        f"{counts['discarded']} discarded (lease expired)"
+    )
 
 
 @study_app.command("status")

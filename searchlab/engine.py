@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from searchlab.acquisition import DECOUPLED, PROXY, modelled_objective, propose_batch
-from searchlab.backends import Backend, check_dev_scores, check_external_scores
+from searchlab.backends import Backend, check_external_scores
 from searchlab.config import StudyConfig
-from searchlab.errors import BackendError, SearchlabError
+from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
 from searchlab.policy import (
     SubmissionChoice,
     rank_for_submission,
@@ -66,6 +66,12 @@ class Engine:
         config: Its validated configuration.
         backend: The back end that trains, evaluates and submits.
         progress: Called with an event name and its numbers, for live display.
+        external_workers: Whether candidates are trained by ``searchlab worker`` processes
+            (this process then only coordinates: it proposes, waits for the round's
+            candidates, submits, tests validity and recommends).
+        lease_s: With external workers: a RUNNING candidate whose last heartbeat (or start,
+            if it has none) is older than this is taken away from its worker and re-proposed.
+        poll_s: With external workers: seconds between looks at the round's candidates.
     """
 
     def __init__(
@@ -75,8 +81,14 @@ class Engine:
         config: StudyConfig,
         backend: Backend,
         progress: Progress | None = None,
+        external_workers: bool = False,
+        lease_s: float = 60.0,
+        poll_s: float = 0.5,
     ) -> None:
         self.record = record
+        self.external_workers = external_workers
+        self.lease_s = lease_s
+        self.poll_s = poll_s
         self.config = config
         self.backend = backend
         self.progress = progress or (lambda event, data: None)
@@ -112,7 +124,7 @@ class Engine:
             else DomainMonitor(domain=d)
             for d in self.domains
         }
-        self.timings: dict[str, float] = {"fit": 0.0, "propose": 0.0, "backend": 0.0}
+        self.timings: dict[str, float] = {"fit": 0.0, "propose": 0.0, "backend": 0.0, "wait": 0.0}
         self._models: _Models | None = None
         self._models_key: tuple[Any, ...] | None = None
 
@@ -162,9 +174,13 @@ class Engine:
         return result
 
     def _recover(self) -> None:
-        """Repairs what an interrupted process left: running candidates, unanswered submissions."""
+        """Repairs what an interrupted process left: running candidates, unanswered submissions.
+
+        With external workers a RUNNING candidate may be alive in a worker: it is left to the
+        lease check instead.
+        """
         for c in self.record.candidates():
-            if c.state == "RUNNING":
+            if c.state == "RUNNING" and not self.external_workers:
                 self._replace(c, "interrupted: the process running it stopped")
         for number, sub in sorted(self.externals().items()):
             if sub.get("state") != "pending":
@@ -266,48 +282,10 @@ class Engine:
     # -- train and evaluate -----------------------------------------------------------------
 
     def _evaluate(self, r: int) -> None:
-        distributions = self.space.distributions()
-        while True:
-            trial = self.record.start_next(distributions)
-            if trial is None:
-                break
-            number = trial.number
-            recipe = dict(trial.params)
-            self.progress("candidate_start", {"round": r, "candidate": number})
-            t0 = time.perf_counter()
-            try:
-                artefact = self.backend.train(
-                    recipe, candidate=number, seed=self.config.seed * 100_003 + number
-                )
-                raw = self.backend.evaluate(artefact)
-                scores = check_dev_scores(raw, self.domains, candidate=number)
-            except KeyboardInterrupt:
-                c = self._candidate(number)
-                self._replace(c, "interrupted by the user (SIGINT)")
-                raise
-            except Exception as exc:
-                reason = (
-                    str(exc)
-                    if isinstance(exc, BackendError)
-                    else (f"back end raised {type(exc).__name__}: {exc}")
-                )
-                self.record.fail(number, reason)
-                self.record.audit("candidate_failed", round=r, candidate=number, reason=reason)
-                self.progress("candidate_failed", {"candidate": number, "reason": reason})
-                continue
-            finally:
-                self.timings["backend"] += time.perf_counter() - t0
-            self.record.finish(
-                number,
-                dev={d: s for d, (s, _) in scores.items()},
-                dev_n={d: n for d, (_, n) in scores.items()},
-                artefact=artefact,
-                domains=self.domains,
-            )
-            mean_dev = sum(
-                w * scores[d][0] for d, w in zip(self.domains, self.weights, strict=True)
-            )
-            self.progress("candidate_done", {"round": r, "candidate": number, "mean_dev": mean_dev})
+        if self.external_workers:
+            self._await_workers(r)
+        else:
+            self._run_here(r)
         this_round = [c for c in self.record.candidates() if c.round == r]
         if this_round and not any(c.state == "COMPLETE" for c in this_round):
             first = next(c for c in this_round if c.error)
@@ -316,6 +294,92 @@ class Engine:
                 f"candidate {first.number}: {first.error}"
             )
         self._set_round(r, "evaluated")
+
+    def _run_here(self, r: int) -> None:
+        """Trains and evaluates every waiting candidate in this process."""
+        from searchlab.execution import run_candidate
+
+        distributions = self.space.distributions()
+        while True:
+            trial = self.record.start_next(distributions)
+            if trial is None:
+                break
+            number = trial.number
+            self.progress("candidate_start", {"round": r, "candidate": number})
+            try:
+                outcome = run_candidate(self.record, self.backend, self.config, trial)
+            except KeyboardInterrupt:
+                self._replace(self._candidate(number), "interrupted by the user (SIGINT)")
+                raise
+            self.timings["backend"] += outcome.seconds
+            if not outcome.ok:
+                self.record.audit(
+                    "candidate_failed", round=r, candidate=number, reason=outcome.reason
+                )
+                self.progress("candidate_failed", {"candidate": number, "reason": outcome.reason})
+                continue
+            self.progress(
+                "candidate_done", {"round": r, "candidate": number, "mean_dev": outcome.mean_dev}
+            )
+
+    def _await_workers(self, r: int) -> None:
+        """Waits until workers have finished every candidate of round ``r``.
+
+        A RUNNING candidate whose lease ran out (no heartbeat for ``lease_s``) or that its worker
+        released is failed with the reason and re-proposed; a candidate a worker stored FAIL gets
+        its ``candidate_failed`` audit entry here, since only the coordinator writes the audit.
+        """
+        from optuna.trial import TrialState
+
+        from searchlab.store import PREFIX
+
+        t0 = time.perf_counter()
+        audited = {
+            e["candidate"]
+            for e in self.record.audit_log()
+            if e["kind"] in ("candidate_failed", "candidate_replaced")
+        }
+        seen: set[int] = set()
+        while True:
+            trials = [
+                t
+                for t in self.record.study.get_trials(deepcopy=False)
+                if t.user_attrs.get(f"{PREFIX}round") == r
+            ]
+            now = time.time()
+            busy = False
+            for t in trials:
+                if t.state == TrialState.COMPLETE and t.number not in seen:
+                    seen.add(t.number)
+                    self.progress("candidate_done", {"round": r, "candidate": t.number})
+                elif t.state == TrialState.FAIL and t.number not in audited:
+                    audited.add(t.number)
+                    reason = t.user_attrs.get(f"{PREFIX}error") or "failed"
+                    self.record.audit(
+                        "candidate_failed", round=r, candidate=t.number, reason=reason
+                    )
+                    self.progress("candidate_failed", {"candidate": t.number, "reason": reason})
+                elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+                    busy = True
+                if t.state != TrialState.RUNNING:
+                    continue
+                released = t.user_attrs.get(f"{PREFIX}released")
+                beat = t.user_attrs.get(f"{PREFIX}heartbeat")
+                if beat is None and t.datetime_start is not None:
+                    beat = t.datetime_start.timestamp()  # Optuna stores naive local time
+                silent = now - float(beat) if beat is not None else 0.0
+                if released is None and silent <= self.lease_s:
+                    continue
+                reason = released or f"worker lost: no heartbeat for {silent:.0f} s"
+                try:
+                    self._replace(self._candidate(t.number), reason)
+                except CandidateFinishedError:
+                    continue  # its worker finished it a moment ago: nothing to replace
+                audited.add(t.number)
+            if not busy:
+                break
+            time.sleep(self.poll_s)
+        self.timings["wait"] += time.perf_counter() - t0
 
     # -- models -----------------------------------------------------------------------------
 

@@ -31,3 +31,7 @@ class BackendError(SearchlabError):
 
 class StudyStateError(SearchlabError):
     """The stored study is in a state the command cannot act on (already finished, say)."""
+
+
+class CandidateFinishedError(StudyStateError):
+    """A candidate was finished by another process (a worker's lease ran out, say)."""

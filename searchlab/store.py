@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from searchlab.errors import StorageError, StudyStateError
+from searchlab.errors import CandidateFinishedError, StorageError, StudyStateError
 
 if TYPE_CHECKING:
     import optuna
@@ -78,6 +78,21 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+@contextmanager
+def _unfinished(number: int) -> Iterator[None]:
+    """Turns Optuna's complaints about a finished trial into :class:`CandidateFinishedError`."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        yield
+    except UpdateFinishedTrialError:
+        raise CandidateFinishedError(f"candidate {number} is already finished") from None
+    except ValueError as exc:
+        if not str(exc).startswith("Cannot tell a"):
+            raise
+        raise CandidateFinishedError(f"candidate {number} is already finished: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -298,14 +313,63 @@ class StudyRecord:
             )
 
     def start_next(self, distributions: Mapping[str, Any]) -> optuna.Trial | None:
-        """Takes the oldest WAITING candidate and marks it RUNNING; None when there is none."""
+        """Takes the oldest WAITING candidate and marks it RUNNING; None when there is none.
+
+        Safe with several processes on one storage: on PostgreSQL (and MySQL) Optuna moves a
+        trial from WAITING to RUNNING under a row lock (``SELECT ... FOR UPDATE``), and the
+        process that finds it no longer WAITING moves on to the next; SQLite has no row locks, so
+        there the claim is serialised by a lock file beside the database. Unlike
+        ``Study.ask``, this never creates a new trial when another process took the last one.
+        """
+        import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        with _storage_errors(self._store.url, "start a candidate"):
-            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if not waiting:
-                return None
-            return self.study.ask(fixed_distributions=dict(distributions))
+        storage = self.study._storage
+        with _storage_errors(self._store.url, "start a candidate"), self._claim_lock():
+            for t in storage.get_all_trials(
+                self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+            ):
+                try:
+                    if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                        continue  # another process took it first
+                except UpdateFinishedTrialError:
+                    continue
+                trial = optuna.Trial(self.study, t._trial_id)
+                for name, dist in distributions.items():
+                    trial._suggest(name, dist)
+                return trial
+        return None
+
+    @contextmanager
+    def _claim_lock(self) -> Iterator[None]:
+        url = self._store.url
+        if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+            yield
+            return
+        import fcntl
+
+        with open(url.removeprefix("sqlite:///") + ".claim.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def set_trial_attr(self, number: int, key: str, value: Any) -> None:
+        """Writes a user attribute of an unfinished candidate (a heartbeat, say).
+
+        Raises:
+            CandidateFinishedError: If the candidate is already finished.
+        """
+        with (
+            _storage_errors(self._store.url, f"write {key!r} of candidate {number}"),
+            _unfinished(number),
+        ):
+            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
+                self.study._study_id, number
+            )
+            self.study._storage.set_trial_user_attr(trial_id, PREFIX + key, _jsonable(value))
 
     def finish(
         self,
@@ -316,8 +380,12 @@ class StudyRecord:
         artefact: Mapping[str, Any],
         domains: list[str],
     ) -> None:
-        """Marks a candidate COMPLETE with its per-domain dev scores."""
-        with _storage_errors(self._store.url, f"store candidate {number}"):
+        """Marks a candidate COMPLETE with its per-domain dev scores.
+
+        Raises:
+            CandidateFinishedError: If another process finished it first.
+        """
+        with _storage_errors(self._store.url, f"store candidate {number}"), _unfinished(number):
             trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
                 self.study._study_id, number
             )
@@ -328,10 +396,17 @@ class StudyRecord:
             self.study.tell(number, [float(dev[d]) for d in domains])
 
     def fail(self, number: int, reason: str) -> None:
-        """Marks a candidate FAIL with its reason (an unfinished trial only)."""
+        """Marks a candidate FAIL with its reason (an unfinished trial only).
+
+        Raises:
+            CandidateFinishedError: If another process finished it first.
+        """
         from optuna.trial import TrialState
 
-        with _storage_errors(self._store.url, f"mark candidate {number} failed"):
+        with (
+            _storage_errors(self._store.url, f"mark candidate {number} failed"),
+            _unfinished(number),
+        ):
             trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
                 self.study._study_id, number
             )
