@@ -145,3 +145,202 @@ def overhead(
             row["ratio"] = row["searchlab_s"] / max(row["optuna_gp_s"], 1e-9)
             rows.append(row)
     return rows
+
+
+# -- search quality -------------------------------------------------------------------------------
+
+#: Simulated instances: back-end options and, for the oracle, the candidate from which the weak
+#: domains' hack is reachable (the true onset).
+INSTANCES: dict[str, dict[str, Any]] = {
+    "goodhart": {"options": {"b_g": 1.5}, "onset": 0},
+    "several-weak": {
+        "options": {"b_g": 1.5, "weak_domains": ["equations", "gravity"]},
+        "onset": 0,
+    },
+    "late-hack": {"options": {"b_g": 1.5, "hack_unlock_at": 24}, "onset": 24},
+    "null": {"options": {"variant": "null"}, "onset": None},
+}
+METHODS = ("searchlab", "dev-only", "optuna-tpe", "optuna-gp", "random", "external-only", "oracle")
+
+
+def _study_data(instance: str, seed: int, *, quick: bool) -> dict[str, Any]:
+    spec = INSTANCES[instance]
+    options = {"weak_domains": ["equations"], **spec["options"]}
+    if quick:
+        # Checks that the harness works, not the goals: two domains (three where two are weak).
+        domains = ["cipher", *options["weak_domains"]]
+        rounds, external = {"candidates": 4, "count": 3}, {"per_round": 1, "total": 3}
+    else:
+        domains = list(DOMAINS)
+        rounds, external = {"candidates": 8, "count": 8}, {"per_round": 2, "total": 16}
+    if instance == "late-hack" and quick:
+        options["hack_unlock_at"] = 8
+    return {
+        "name": f"bench-{instance}-{seed}",
+        "seed": seed,
+        "domains": [{"name": d} for d in domains],
+        "space": canonical_space(domains),
+        "backend": {"name": "simulated", "options": options},
+        "rounds": rounds,
+        "external": {**external, "resolution": 0.01},
+        "policy": {"warmup_rounds": 1, "threshold": 20},
+    }
+
+
+def _regret(backend: Any, domains: list[str], weights: dict[str, float], artefact: Any) -> float:
+    truth = backend.true_external(artefact)
+    return float(backend.optimum() - sum(weights[d] * truth[d] for d in domains))
+
+
+def _run_engine(config: Any, backend: Any, *, oracle_onset: int | None) -> float:
+    from searchlab.engine import Engine
+    from searchlab.store import Storage
+
+    record = Storage("sqlite:///:memory:", create=True).create(config)
+    engine = Engine(record=record, config=config, backend=backend)
+    if oracle_onset is not None:
+        weak = set(config.backend.options.get("weak_domains", ["equations"]))
+
+        def modes() -> list[str]:
+            # The oracle knows when the hack becomes reachable and switches exactly then.
+            n = len(record.candidates())
+            return [
+                "decoupled" if d in weak and n >= oracle_onset else engine.monitors[d].mode
+                for d in engine.domains
+            ]
+
+        engine.__class__ = type("OracleEngine", (Engine,), {"modes": property(lambda _: modes())})
+    result = engine.run()
+    number = result["recommendation"]["candidate"]
+    done = {c.number: c for c in record.candidates()}
+    return _regret(backend, config.domain_names, config.weights, done[number].artefact)
+
+
+def _run_peer(method: str, config: Any, backend: Any) -> float:
+    """A peer as a user would run it: its own proposals, the external budget spent each round on
+    the best candidates by mean dev (external-only: on its own proposals), and the recommendation
+    its best observed mean external."""
+    import optuna
+
+    from searchlab.space import SearchSpace
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = SearchSpace(config.space)
+    dists = space.distributions()
+    domains, weights = config.domain_names, config.weights
+    sampler: optuna.samplers.BaseSampler = {
+        "optuna-tpe": lambda: optuna.samplers.TPESampler(seed=config.seed),
+        "optuna-gp": lambda: optuna.samplers.GPSampler(seed=config.seed),
+        "external-only": lambda: optuna.samplers.GPSampler(seed=config.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
+    }[method]()
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    k, per_round = config.rounds.candidates, config.external.per_round
+    budget, submission, number = config.external.total, 0, 0
+    best_ext, best_artefact = -1.0, None
+    for _ in range(config.rounds.count):
+        trials = [study.ask(dists) for _ in range(k)]
+        scored = []
+        for t in trials:
+            artefact = backend.train(dict(t.params), candidate=number, seed=config.seed + number)
+            number += 1
+            dev = backend.evaluate(artefact)
+            mean_dev = sum(weights[d] * dev[d][0] for d in domains)
+            scored.append((mean_dev, t, artefact))
+        chosen = (
+            scored[:per_round]
+            if method == "external-only"
+            else sorted(scored, key=lambda s: -s[0])[:per_round]
+        )
+        ext_of: dict[int, float] = {}
+        for _, t, artefact in chosen[: max(0, budget - submission)]:
+            ext = backend.submit_external(artefact, submission=submission)
+            submission += 1
+            value = sum(weights[d] * ext[d] for d in domains)
+            ext_of[t.number] = value
+            if value > best_ext:
+                best_ext, best_artefact = value, artefact
+        for mean_dev, t, _ in scored:
+            if method == "external-only":
+                # A GP on the scarce external scores alone: unscored candidates teach it nothing.
+                if t.number in ext_of:
+                    study.tell(t, ext_of[t.number])
+                else:
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(t, mean_dev)
+    if best_artefact is None:  # no budget at all: fall back to the best dev (what else?)
+        best_artefact = scored[0][2]
+    return _regret(backend, domains, weights, best_artefact)
+
+
+def search(
+    *,
+    instances: tuple[str, ...] = tuple(INSTANCES),
+    methods: tuple[str, ...] = METHODS,
+    seeds: int = 10,
+    quick: bool = False,
+) -> list[dict[str, Any]]:
+    """Runs methods side by side on the same simulated instances (common random numbers).
+
+    Every method gets, per instance and seed, the same surface instance, candidates per round,
+    rounds and external budget. The figure is the true (noise-free) external regret of each
+    method's final recommendation.
+
+    Args:
+        instances: Names from :data:`INSTANCES`.
+        methods: Names from :data:`METHODS`.
+        seeds: Seeds per instance.
+        quick: A small preset (2-3 domains, 3 rounds of 4, 3 submissions) that checks the
+            harness, not the goals.
+
+    Returns:
+        One row per (instance, method): ``instance``, ``method``, ``median_regret``, ``iqr``,
+        ``seeds``, ``regrets``.
+    """
+    import warnings
+
+    from searchlab.backends import load_backend
+    from searchlab.config import validate_study
+
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for instance in instances:
+            per_method: dict[str, list[float]] = {m: [] for m in methods}
+            for seed in range(seeds):
+                config = validate_study(
+                    _study_data(instance, seed, quick=quick), source=f"bench {instance}"
+                )
+                for method in methods:
+                    backend = load_backend(
+                        config.backend.name,
+                        config.backend.options,
+                        domains=config.domain_names,
+                        weights=config.weights,
+                        seed=seed,
+                    )
+                    if method in ("searchlab", "dev-only", "oracle"):
+                        if method == "dev-only":
+                            policy = config.policy.model_copy(update={"switch": False})
+                            cfg = config.model_copy(update={"policy": policy})
+                        else:
+                            cfg = config
+                        onset = INSTANCES[instance]["onset"] if method == "oracle" else None
+                        regret = _run_engine(cfg, backend, oracle_onset=onset)
+                    else:
+                        regret = _run_peer(method, config, backend)
+                    per_method[method].append(regret)
+            for method, values in per_method.items():
+                q1, q3 = np.percentile(values, [25, 75])
+                rows.append(
+                    {
+                        "instance": instance,
+                        "method": method,
+                        "median_regret": float(np.median(values)),
+                        "iqr": float(q3 - q1),
+                        "seeds": len(values),
+                        "regrets": [float(v) for v in values],
+                    }
+                )
+    return rows

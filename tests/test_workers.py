@@ -1,0 +1,349 @@
+"""Workers on PostgreSQL: every candidate done once, and kill -9 of a worker or the coordinator.
+
+A throw-away PostgreSQL cluster is created in a temporary folder (``initdb``, ``pg_ctl``) for
+the session; without PostgreSQL's server programs these tests are skipped (``.ci/run`` installs
+them). The back end is the simulated one slowed down, and it logs every training it starts
+(candidate, process id) and every submission it receives to files, which is how the tests know
+what ran where independently of what searchlab stored.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SLOW_BACKEND = textwrap.dedent(
+    """
+    import json, os, time
+    from searchlab.backends import SimulatedBackend
+
+    class SlowSimulated(SimulatedBackend):
+        def __init__(self, *, log, delay=0.3, **kw):
+            super().__init__(**kw)
+            self.log, self.delay = log, delay
+
+        def _write(self, **row):
+            with open(self.log, "a") as f:
+                f.write(json.dumps({**row, "pid": os.getpid()}) + "\\n")
+
+        def train(self, recipe, *, candidate, seed):
+            self._write(event="train", candidate=candidate)
+            time.sleep(self.delay)
+            return super().train(recipe, candidate=candidate, seed=seed)
+
+        def submit_external(self, artefact, *, submission):
+            self._write(event="submit", candidate=artefact["candidate"], submission=submission)
+            return super().submit_external(artefact, submission=submission)
+    """
+)
+
+STUDY = """
+name: {name}
+seed: 5
+domains: [{{name: cipher}}, {{name: equations}}]
+space:
+  mixture: {{type: mixture, domains: [cipher, equations]}}
+  learning_rate: {{type: float, low: 3.1622776601683794e-06, high: 3.1622776601683794e-04,
+                  log: true}}
+  epochs: {{type: int, low: 1, high: 10}}
+  lora_rank: {{type: categorical, choices: [8, 16, 32, 64, 128]}}
+  template_share: {{type: float, low: 0.0, high: 1.0}}
+  lora_dropout: {{type: float, low: 0.0, high: 0.3}}
+backend:
+  name: slowbackend:SlowSimulated
+  options: {{log: {log}, delay: {delay}, weak_domains: [equations]}}
+rounds: {{candidates: {k}, count: {rounds}}}
+external: {{per_round: 2, total: {budget}}}
+policy: {{warmup_rounds: 1}}
+"""
+
+
+def _pg_bin() -> tuple[str, str] | None:
+    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        initdb = shutil.which("initdb", path=folder)
+        pg_ctl = shutil.which("pg_ctl", path=folder)
+        if initdb and pg_ctl:
+            return initdb, pg_ctl
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL server on loopback in a temporary folder, for this test session."""
+    pytest.importorskip("psycopg")
+    found = _pg_bin()
+    if found is None:
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found")
+    initdb, pg_ctl = found
+    prefix: list[str] = []
+    folder = tempfile.mkdtemp(prefix="searchlab-pg-")
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        runuser = shutil.which("runuser")
+        prefix = [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres", "-c"]
+        if not runuser:
+            pytest.skip("running as root without runuser")
+    data = os.path.join(folder, "data")
+    port = _free_port()
+    subprocess.run(
+        [*prefix, initdb, "-D", data, "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", data, "-o", options, "-l", f"{folder}/log", "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "searchlab.cli", *args]
+
+
+def _sql(url: str, query: str, *params: object) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=5) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def _trials(url: str, name: str) -> list[tuple[int, str]]:
+    try:
+        return _sql(
+            url,
+            "SELECT trials.number, trials.state FROM trials JOIN studies USING (study_id) "
+            "WHERE studies.study_name = %s ORDER BY trials.number",
+            name,
+        )
+    except Exception:  # the schema is not created yet
+        return []
+
+
+class _Study:
+    """A study run by a coordinator process and worker processes."""
+
+    def __init__(self, tmp_path: Path, url: str, name: str, **shape: object) -> None:
+        self.url, self.name = url, name
+        self.log = tmp_path / f"{name}.log"
+        (tmp_path / "slowbackend.py").write_text(SLOW_BACKEND)
+        self.file = tmp_path / f"{name}.yaml"
+        self.file.write_text(STUDY.format(name=name, log=self.log, **shape))
+        self.env = _env(tmp_path)
+        self.workers: list[subprocess.Popen[str]] = []
+        self.coordinator: subprocess.Popen[str] | None = None
+
+    def _spawn(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            _cli(*args),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tempfile.gettempdir(),
+        )
+
+    def create(self, lease: float) -> None:
+        self.coordinator = self._spawn(
+            "study", "create", str(self.file), "--storage", self.url, "--external-workers",
+            "--lease", str(lease), "-q",
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while not _trials(self.url, self.name):
+            assert self.coordinator.poll() is None, self.coordinator.communicate()
+            assert time.time() < deadline, "the coordinator proposed nothing"
+            time.sleep(0.2)
+
+    def start_workers(self, n: int, lease: float, heartbeat: float) -> None:
+        for _ in range(n):
+            self.workers.append(
+                self._spawn(
+                    "worker",
+                    self.name,
+                    "--storage",
+                    self.url,
+                    "--lease",
+                    str(lease),
+                    "--heartbeat",
+                    str(heartbeat),
+                    "--idle-exit",
+                    "120",
+                )
+            )
+
+    def complete(self) -> int:
+        return sum(1 for _, s in _trials(self.url, self.name) if s == "COMPLETE")
+
+    def rows(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def wait_workers(self) -> None:
+        for w in self.workers:
+            try:
+                w.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.communicate()
+
+    def kill_all(self) -> None:
+        for p in [self.coordinator, *self.workers]:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+
+    def report(self) -> dict:
+        run = lambda *a: json.loads(  # noqa: E731
+            subprocess.run(
+                _cli(*a, self.name, "--storage", self.url, "--json"),
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        return {"status": run("study", "status"), "audit": run("study", "audit")}
+
+
+def _check_exact(study: _Study, total: int, budget: int) -> dict:
+    out = study.report()
+    status, audit = out["status"], out["audit"]
+    assert status["finished"] is True
+    assert status["candidates"] == total
+    assert status["external_budget"]["used"] == budget
+    assert [e["seq"] for e in audit] == list(range(len(audit)))
+    assert audit[-1]["kind"] == "recommendation"
+    rows = study.rows()
+    trained = Counter(r["candidate"] for r in rows if r["event"] == "train")
+    assert all(n == 1 for n in trained.values()), trained  # no candidate trained twice
+    sent = [r["candidate"] for r in rows if r["event"] == "submit"]
+    assert len(sent) == len(set(sent)) == budget
+    trials = _trials(study.url, study.name)
+    assert [n for n, _ in trials] == list(range(len(trials)))
+    assert sum(1 for _, s in trials if s == "COMPLETE") == total
+    assert not [n for n, s in trials if s in ("WAITING", "RUNNING")]
+    return {**out, "trials": trials, "rows": rows}
+
+
+def test_four_workers_do_every_candidate_once(tmp_path: Path, pg_url: str) -> None:
+    study = _Study(tmp_path, pg_url, "four-workers", delay=0.3, k=8, rounds=5, budget=8)
+    try:
+        study.create(lease=30)
+        study.start_workers(4, lease=30, heartbeat=1)
+        assert study.coordinator is not None
+        _, stderr = study.coordinator.communicate(timeout=300)
+        assert study.coordinator.returncode == 0, stderr
+        study.wait_workers()
+    finally:
+        study.kill_all()
+    out = _check_exact(study, total=40, budget=8)
+    assert [s for _, s in out["trials"]] == ["COMPLETE"] * 40  # no failure, no replacement
+    trained = [r for r in out["rows"] if r["event"] == "train"]
+    assert sorted(r["candidate"] for r in trained) == list(range(40))
+    assert len({r["pid"] for r in trained}) >= 2  # the work was shared
+    assert all(w.returncode == 0 for w in study.workers)
+
+
+def test_killed_worker_is_replaced(tmp_path: Path, pg_url: str) -> None:
+    study = _Study(tmp_path, pg_url, "kill-worker", delay=0.8, k=4, rounds=3, budget=4)
+    try:
+        study.create(lease=3)
+        study.start_workers(2, lease=3, heartbeat=0.5)
+        pids = {w.pid: w for w in study.workers}
+        deadline = time.time() + 120
+        victim = None
+        while victim is None:
+            assert time.time() < deadline, "no worker started a candidate"
+            # A worker that has started a candidate after round 1 and is still training it.
+            running = {n for n, s in _trials(study.url, study.name) if s == "RUNNING"}
+            rows = [
+                r
+                for r in study.rows()
+                if r["event"] == "train" and r["pid"] in pids and r["candidate"] in running
+            ]
+            if study.complete() >= 4 and rows:
+                victim = rows[-1]
+            time.sleep(0.05)
+        os.kill(victim["pid"], signal.SIGKILL)
+        pids[victim["pid"]].communicate()
+        assert study.coordinator is not None
+        _, stderr = study.coordinator.communicate(timeout=300)
+        assert study.coordinator.returncode == 0, stderr
+        study.wait_workers()
+    finally:
+        study.kill_all()
+    out = _check_exact(study, total=12, budget=4)
+    replaced = [e for e in out["audit"] if e["kind"] == "candidate_replaced"]
+    assert [e["candidate"] for e in replaced] == [victim["candidate"]]
+    assert replaced[0]["reason"].startswith("worker lost: no heartbeat for")
+    failed = [n for n, s in out["trials"] if s == "FAIL"]
+    assert failed == [victim["candidate"]]
+
+
+def test_killed_coordinator_resumes_with_running_workers(tmp_path: Path, pg_url: str) -> None:
+    study = _Study(tmp_path, pg_url, "kill-coordinator", delay=0.3, k=4, rounds=4, budget=6)
+    try:
+        study.create(lease=10)
+        study.start_workers(2, lease=10, heartbeat=0.5)
+        assert study.coordinator is not None
+        deadline = time.time() + 180
+        while study.complete() < 6:
+            assert study.coordinator.poll() is None, study.coordinator.communicate()
+            assert time.time() < deadline, "the study made no progress"
+            time.sleep(0.05)
+        study.coordinator.send_signal(signal.SIGKILL)
+        study.coordinator.communicate()
+        resumed = subprocess.run(
+            _cli("coordinator", study.name, "--storage", study.url, "--lease", "10", "-q"),
+            env=study.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        study.wait_workers()
+    finally:
+        study.kill_all()
+    out = _check_exact(study, total=16, budget=6)
+    # Nobody died but the coordinator: nothing was replaced.
+    assert not [e for e in out["audit"] if e["kind"] == "candidate_replaced"]
