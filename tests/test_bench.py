@@ -11,3 +11,15 @@ def test_overhead_reports_both_tools() -> None:
     assert row["candidates"] == 12 and row["repeats"] == 1
     for key in ("searchlab_s", "searchlab_cold_s", "optuna_gp_s", "ratio"):
         assert row[key] > 0
+
+
+def test_search_quick_runs_every_method_on_the_same_instance() -> None:
+    from searchlab.bench import METHODS, search
+
+    rows = search(instances=("goodhart",), seeds=1, quick=True)
+    assert [r["method"] for r in rows] == list(METHODS)
+    for r in rows:
+        assert {"instance", "method", "median_regret", "iqr", "seeds"} <= set(r)
+        assert r["instance"] == "goodhart" and r["seeds"] == 1
+        # Regret against the known optimum of the same instance: never below zero.
+        assert r["median_regret"] >= -1e-6
