@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_workers import SLOW_BACKEND, STUDY, _free_port, _pg_bin  # noqa: E402
+from test_workers import SLOW_BACKEND, STUDY, _free_port, _pg_bin
 
 
 def _cluster() -> tuple[str, list[str], str, str]:
@@ -37,11 +37,17 @@ def _cluster() -> tuple[str, list[str], str, str]:
         os.chown(folder, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     data, port = f"{folder}/data", _free_port()
-    subprocess.run([*prefix, initdb, "-D", data, "-U", "postgres", "--auth=trust"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*prefix, initdb, "-D", data, "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-o", opts, "-l", f"{folder}/log", "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", data, "-o", opts, "-l", f"{folder}/log", "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", prefix, pg_ctl, data
 
 
@@ -53,20 +59,41 @@ def run_one(url: str, tmp: Path, delay: float, workers: int) -> dict[str, float]
     name = f"bench-{delay}-{workers}"
     (tmp / "slowbackend.py").write_text(SLOW_BACKEND)
     file = tmp / f"{name}.yaml"
-    file.write_text(STUDY.format(name=name, log=tmp / f"{name}.log", delay=delay, k=8, rounds=5,
-                                 budget=8))  # fmt: skip
+    file.write_text(
+        STUDY.format(name=name, log=tmp / f"{name}.log", delay=delay, k=8, rounds=5, budget=8)
+    )
     sys.path.insert(0, str(tmp))
     config = load_study_file(str(file))
     record = Storage(url).create(config)
     from searchlab.backends import load_backend
 
-    backend = load_backend(config.backend.name, config.backend.options,
-                           domains=config.domain_names, weights=config.weights, seed=config.seed)  # fmt: skip
+    backend = load_backend(
+        config.backend.name,
+        config.backend.options,
+        domains=config.domain_names,
+        weights=config.weights,
+        seed=config.seed,
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp), "OMP_NUM_THREADS": "1"}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "searchlab.cli", "worker", name, "--storage", url,
-                          "--lease", "30", "--idle-exit", "60"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "searchlab.cli",
+                "worker",
+                name,
+                "--storage",
+                url,
+                "--lease",
+                "30",
+                "--idle-exit",
+                "60",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(workers)
     ]
     time.sleep(4.0)  # let the workers import and connect: the clock measures the study only
@@ -77,8 +104,14 @@ def run_one(url: str, tmp: Path, delay: float, workers: int) -> dict[str, float]
     for p in procs:
         p.wait(timeout=120)
     n = sum(1 for c in record.candidates() if c.state == "COMPLETE")
-    return {"delay": delay, "workers": workers, "candidates": n, "seconds": wall,
-            "per_minute": 60 * n / wall, **engine.timings}  # fmt: skip
+    return {
+        "delay": delay,
+        "workers": workers,
+        "candidates": n,
+        "seconds": wall,
+        "per_minute": 60 * n / wall,
+        **engine.timings,
+    }
 
 
 def main() -> None:
@@ -93,12 +126,16 @@ def main() -> None:
         for delay in args.delays:
             for w in args.workers:
                 r = run_one(url, tmp, delay, w)
-                print(f"{r['delay']:7.1f} {r['workers']:7d} {r['candidates']:10d} "
-                      f"{r['seconds']:6.1f} {r['per_minute']:7.1f} {r['fit']:5.1f} "
-                      f"{r['propose']:9.1f} {r['wait']:6.1f}", flush=True)  # fmt: skip
+                print(
+                    f"{r['delay']:7.1f} {r['workers']:7d} {r['candidates']:10d} "
+                    f"{r['seconds']:6.1f} {r['per_minute']:7.1f} {r['fit']:5.1f} "
+                    f"{r['propose']:9.1f} {r['wait']:6.1f}",
+                    flush=True,
+                )
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -526,6 +526,79 @@ def validity_calibrate(
         out.print(f"{key}: {value}")
 
 
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    repeats: Annotated[int, typer.Option(min=1, help="Repetitions per size (median).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
+) -> None:
+    """Seconds per proposal at 25, 50 and 100 candidates, next to Optuna's GPSampler."""
+    from searchlab.bench import overhead
+
+    _quiet_libraries()
+    rows = overhead(repeats=repeats)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        "candidates",
+        "searchlab warm (s)",
+        "searchlab cold (s)",
+        "GPSampler (s)",
+        "warm / GPSampler",
+    )
+    for r in rows:
+        table.add_row(
+            str(r["candidates"]),
+            f"{r['searchlab_s']:.2f}",
+            f"{r['searchlab_cold_s']:.2f}",
+            f"{r['optuna_gp_s']:.2f}",
+            f"{r['ratio']:.1f}",
+        )
+    out.print(table)
+
+
+@bench_app.command("search")
+def bench_search(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small preset (checks the harness).")
+    ] = False,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per instance.")] = None,
+    instance: Annotated[
+        list[str] | None, typer.Option(help="Instance(s) to run (default: all).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
+) -> None:
+    """True external regret of each method's recommendation, median and IQR over seeds."""
+    from searchlab.bench import INSTANCES, search
+
+    unknown = [i for i in instance or [] if i not in INSTANCES]
+    if unknown:
+        raise SearchlabError(f"unknown instance(s) {unknown}; known: {list(INSTANCES)}")
+    _quiet_libraries()
+    rows = search(
+        instances=tuple(instance or INSTANCES),
+        seeds=seeds or (1 if quick else 10),
+        quick=quick,
+    )
+    if as_json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "regrets"} for r in rows], indent=2))
+        return
+    table = Table("instance", "method", "median regret", "IQR", "seeds")
+    for r in rows:
+        table.add_row(
+            r["instance"],
+            r["method"],
+            f"{r['median_regret']:.4f}",
+            f"{r['iqr']:.4f}",
+            str(r["seeds"]),
+        )
+    out.print(table)
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit status 2; 130 on interrupt."""
     try:
