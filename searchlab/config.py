@@ -153,6 +153,8 @@ class BackendConfig(_Strict):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    # Seconds one candidate's train + evaluate may take before it is failed (None: no limit).
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
 
 class RoundsConfig(_Strict):

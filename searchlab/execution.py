@@ -8,10 +8,11 @@ coordinator writes the audit trail.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from searchlab.backends import Backend, check_dev_scores
 from searchlab.errors import BackendError
@@ -47,6 +48,40 @@ def candidate_seed(config: StudyConfig, number: int) -> int:
     return config.seed * 100_003 + number
 
 
+def _train_and_evaluate(
+    backend: Backend, recipe: dict[str, Any], number: int, seed: int, timeout_s: float | None
+) -> tuple[dict[str, Any], Any]:
+    """Calls the back end, giving up after ``timeout_s`` seconds when one is set.
+
+    A Python thread cannot be killed: a back end that hangs is abandoned (its daemon thread
+    keeps running until the process ends) and the candidate fails with the reason. Workers are
+    separate processes, so on a cluster a hung worker can also be killed and its lease expires.
+    """
+    if timeout_s is None:
+        artefact = backend.train(recipe, candidate=number, seed=seed)
+        return artefact, backend.evaluate(artefact)
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            artefact = backend.train(recipe, candidate=number, seed=seed)
+            box["result"] = (artefact, backend.evaluate(artefact))
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=call, name=f"searchlab-candidate-{number}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise BackendError(
+            f"candidate {number}: the back end did not return within {timeout_s:g} s "
+            "(backend.timeout_s); the call was abandoned"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def run_candidate(
     record: StudyRecord,
     backend: Backend,
@@ -77,8 +112,9 @@ def run_candidate(
     domains = config.domain_names
     t0 = time.perf_counter()
     try:
-        artefact = backend.train(recipe, candidate=number, seed=candidate_seed(config, number))
-        raw = backend.evaluate(artefact)
+        artefact, raw = _train_and_evaluate(
+            backend, recipe, number, candidate_seed(config, number), config.backend.timeout_s
+        )
         scores = check_dev_scores(raw, domains, candidate=number)
     except Exception as exc:
         seconds = time.perf_counter() - t0

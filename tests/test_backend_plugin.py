@@ -80,6 +80,17 @@ class NaNBackend(MyBackend):
         return scores
 
 
+class HangingBackend(MyBackend):
+    """Hangs on odd candidates, as a wedged cluster job would."""
+
+    def train(self, recipe, *, candidate, seed):
+        if candidate % 2 == 1:
+            import time
+
+            time.sleep(3600)
+        return super().train(recipe, candidate=candidate, seed=seed)
+
+
 class OutOfRangeBackend(MyBackend):
     def evaluate(self, artefact):
         scores = super().evaluate(artefact)
@@ -231,3 +242,20 @@ def test_multi_line_evaluate_error_is_one_line(tmp_path: Path, plugin: dict[str,
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "failed on every candidate" in lines[0] and "out of memory" in lines[0]
+
+
+def test_backend_that_hangs_past_its_timeout_fails_that_candidate(
+    tmp_path: Path, plugin: dict[str, str]
+) -> None:
+    url = sqlite_url(tmp_path / "s.db")
+    data = tiny_study_data()
+    data["name"] = "hang"
+    data["backend"] = {"name": "mybackend:HangingBackend", "timeout_s": 1.5}
+    result = _create(write_yaml(tmp_path / "hang.yaml", data), url, plugin)
+    assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    s = _json("study", "status", "hang", "--storage", url, env=plugin)
+    assert s["finished"] is True and s["failed_candidates"] >= 1
+    audit = _json("study", "audit", "hang", "--storage", url, env=plugin)
+    reasons = [e["reason"] for e in audit if e["kind"] == "candidate_failed"]
+    assert reasons and all("did not return within 1.5 s" in r for r in reasons)
+    assert s["candidates"] + s["failed_candidates"] >= 6
