@@ -152,8 +152,15 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Runs every unfinished round, then stores and returns the recommendation."""
+        """Runs every unfinished round, then stores and returns the recommendation.
+
+        A finished study is left as it is: its stored recommendation is returned.
+        """
         started = time.perf_counter()
+        if self.record.get("finished"):
+            result = dict(self.record.get("recommendation") or {})
+            self.progress("study_done", {**result, "seconds": 0.0})
+            return result
         self._recover()
         for r in range(self.config.rounds.count):
             state = self._round_state(r)

@@ -11,7 +11,9 @@ Layout of one searchlab study in Optuna storage (SQLite by default, any RDB URL 
 - External scores arrive after the trial is finished, and Optuna cannot change a finished trial
   (``UpdateFinishedTrialError``). They are study user attributes ``searchlab.external.<n>``
   written in two steps: the intent (``pending``, counted against the budget) before the back end is
-  called, the scores after. A crash in between leaves ``pending``, which is never re-sent.
+  called, the scores after (``done``), or the back end's error (``failed``). A crash in between
+  leaves ``pending``: resume asks the back end to recover the answer (``done``) or records it as
+  ``lost``; it is never re-sent. Every state counts against the budget: each was an attempt.
 - Decisions are study user attributes ``searchlab.audit.<seq>``, one JSON object each.
 
 Every value is JSON: nothing is pickled, so reading a study never executes its contents.

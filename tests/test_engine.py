@@ -86,8 +86,9 @@ def test_resume_of_a_finished_study_changes_nothing(tmp_path: Path) -> None:
     after = status(engine.record)
     assert after["candidates"] == before["candidates"]
     assert after["external_budget"] == before["external_budget"]
-    # Only the final recommendation is recorded again.
-    assert len(engine.record.audit_log()) == n_audit + 1
+    # A finished study is left as it is: not even the recommendation is recorded again.
+    assert len(engine.record.audit_log()) == n_audit
+    assert after["recommendation"] == before["recommendation"]
 
 
 @pytest.mark.slow
