@@ -285,7 +285,9 @@ def test_four_workers_do_every_candidate_once(tmp_path: Path, pg_url: str) -> No
 
 
 def test_killed_worker_is_replaced(tmp_path: Path, pg_url: str) -> None:
-    study = _Study(tmp_path, pg_url, "kill-worker", delay=0.8, k=4, rounds=3, budget=4)
+    # A long delay so the victim is still training its candidate when the signal lands, even
+    # on a loaded machine (with 0.8 s the worker sometimes finished it first).
+    study = _Study(tmp_path, pg_url, "kill-worker", delay=2.5, k=4, rounds=3, budget=4)
     try:
         study.create(lease=3)
         study.start_workers(2, lease=3, heartbeat=0.5)
