@@ -65,15 +65,9 @@ def run_one(url: str, tmp: Path, delay: float, workers: int) -> dict[str, float]
     sys.path.insert(0, str(tmp))
     config = load_study_file(str(file))
     record = Storage(url).create(config)
-    from searchlab.backends import load_backend
+    from searchlab.backends import backend_for
 
-    backend = load_backend(
-        config.backend.name,
-        config.backend.options,
-        domains=config.domain_names,
-        weights=config.weights,
-        seed=config.seed,
-    )
+    backend = backend_for(config)
     env = {**os.environ, "PYTHONPATH": str(tmp), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(

@@ -20,9 +20,12 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from searchlab.errors import BackendError
+
+if TYPE_CHECKING:
+    from searchlab.config import StudyConfig
 
 Artefact = dict[str, Any]
 
@@ -236,3 +239,14 @@ def load_backend(
     if missing:
         raise BackendError(f"backend {name!r} lacks method(s) {missing}")
     return backend
+
+
+def backend_for(config: StudyConfig) -> Backend:
+    """Constructs the back end a validated study configuration names (its seed included)."""
+    return load_backend(
+        config.backend.name,
+        config.backend.options,
+        domains=config.domain_names,
+        weights=config.weights,
+        seed=config.seed,
+    )

@@ -300,7 +300,7 @@ def search(
     """
     import warnings
 
-    from searchlab.backends import load_backend
+    from searchlab.backends import backend_for
     from searchlab.config import validate_study
 
     rows = []
@@ -313,13 +313,7 @@ def search(
                     _study_data(instance, seed, quick=quick), source=f"bench {instance}"
                 )
                 for method in methods:
-                    backend = load_backend(
-                        config.backend.name,
-                        config.backend.options,
-                        domains=config.domain_names,
-                        weights=config.weights,
-                        seed=seed,
-                    )
+                    backend = backend_for(config)  # config.seed is this seed
                     if method in ("searchlab", "dev-only", "oracle"):
                         if method == "dev-only":
                             policy = config.policy.model_copy(update={"switch": False})

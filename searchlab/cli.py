@@ -125,15 +125,9 @@ def _fmt(value: Any) -> str:
 
 
 def _load_backend(config: Any) -> Any:
-    from searchlab.backends import load_backend
+    from searchlab.backends import backend_for
 
-    return load_backend(
-        config.backend.name,
-        config.backend.options,
-        domains=config.domain_names,
-        weights=config.weights,
-        seed=config.seed,
-    )
+    return backend_for(config)
 
 
 def _run(

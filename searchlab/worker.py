@@ -99,7 +99,7 @@ def run_worker(
         SearchlabError: If the study cannot be loaded, its back end cannot be constructed, or
             ``heartbeat_s`` is not well below ``lease_s``.
     """
-    from searchlab.backends import load_backend
+    from searchlab.backends import backend_for
     from searchlab.config import StudyConfig
     from searchlab.execution import run_candidate
     from searchlab.space import SearchSpace
@@ -113,13 +113,7 @@ def run_worker(
     me = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     record = Storage(url).load(name)
     config = StudyConfig.model_validate(record.config_data)
-    backend = load_backend(
-        config.backend.name,
-        config.backend.options,
-        domains=config.domain_names,
-        weights=config.weights,
-        seed=config.seed,
-    )
+    backend = backend_for(config)
     distributions = SearchSpace(config.space).distributions()
     counts = {"done": 0, "failed": 0, "discarded": 0}
     idle_since = time.monotonic()
