@@ -320,7 +320,14 @@ def search(
                             cfg = config.model_copy(update={"policy": policy})
                         else:
                             cfg = config
-                        onset = INSTANCES[instance]["onset"] if method == "oracle" else None
+                        # The true onset: where the hack unlocks (the quick preset moves it).
+                        onset = (
+                            config.backend.options.get(
+                                "hack_unlock_at", INSTANCES[instance]["onset"]
+                            )
+                            if method == "oracle"
+                            else None
+                        )
                         regret = _run_engine(cfg, backend, oracle_onset=onset)
                     else:
                         regret = _run_peer(method, config, backend)
