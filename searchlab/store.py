@@ -368,10 +368,13 @@ class StudyRecord:
             _storage_errors(self._store.url, f"write {key!r} of candidate {number}"),
             _unfinished(number),
         ):
-            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
-                self.study._study_id, number
-            )
-            self.study._storage.set_trial_user_attr(trial_id, PREFIX + key, _jsonable(value))
+            self._set_trial_user_attr(number, key, value)
+
+    def _set_trial_user_attr(self, number: int, key: str, value: Any) -> None:
+        """Writes ``searchlab.<key>`` on trial ``number`` (Study has no by-number setter)."""
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        storage.set_trial_user_attr(trial_id, PREFIX + key, _jsonable(value))
 
     def finish(
         self,
@@ -388,13 +391,8 @@ class StudyRecord:
             CandidateFinishedError: If another process finished it first.
         """
         with _storage_errors(self._store.url, f"store candidate {number}"), _unfinished(number):
-            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
-                self.study._study_id, number
-            )
-            self.study._storage.set_trial_user_attr(trial_id, f"{PREFIX}dev_n", dict(dev_n))
-            self.study._storage.set_trial_user_attr(
-                trial_id, f"{PREFIX}artefact", _jsonable(dict(artefact))
-            )
+            self._set_trial_user_attr(number, "dev_n", dict(dev_n))
+            self._set_trial_user_attr(number, "artefact", dict(artefact))
             self.study.tell(number, [float(dev[d]) for d in domains])
 
     def fail(self, number: int, reason: str) -> None:
@@ -409,8 +407,5 @@ class StudyRecord:
             _storage_errors(self._store.url, f"mark candidate {number} failed"),
             _unfinished(number),
         ):
-            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
-                self.study._study_id, number
-            )
-            self.study._storage.set_trial_user_attr(trial_id, f"{PREFIX}error", reason[:2000])
+            self._set_trial_user_attr(number, "error", reason[:2000])
             self.study.tell(number, state=TrialState.FAIL)
