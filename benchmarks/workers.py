@@ -9,8 +9,12 @@ this process (so ``Engine.timings`` can be read), the workers as ``searchlab wor
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# One thread per process before anything imports torch (overridable), as in the CLI.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
 import shutil
 import subprocess
 import sys

@@ -103,7 +103,8 @@ def propose_batch(
         raw_samples: Random points scored to pick optimiser starts.
         num_restarts: Optimiser starts.
         mixed: Optimise integer and categorical coordinates over their values with BoTorch's
-            alternating mixed optimiser (exact, about 5x slower on CPU) instead of relaxing them.
+            alternating mixed optimiser (exact; in one 4-round profile 125 s of proposing against
+            33 s relaxed, MC samples also halved in between) instead of relaxing them.
 
     Returns:
         The batch, in ``[0, 1]^d`` (mixture coordinates not yet projected).
