@@ -182,6 +182,8 @@ class SimulatedBackend:
 
 BUILTIN_BACKENDS: dict[str, str] = {
     "simulated": "searchlab.backends:SimulatedBackend",
+    # Real LoRA training (trl) and graded generation; needs the `train` extra.
+    "post-training": "searchlab_training.backend:PostTrainingBackend",
 }
 
 

@@ -344,7 +344,10 @@ def study_validate(file: Annotated[str, typer.Argument(help="The study file (YAM
     from searchlab.config import load_study_file
 
     config = load_study_file(file)
-    _load_backend(config)
+    backend = _load_backend(config)
+    # A back end may report what only a run would find (data or model files not there yet).
+    for problem in getattr(backend, "preflight", list)():
+        out.print(f"warning: {problem}", soft_wrap=True)
     out.print(
         f"{file}: ok ({config.name}: {len(config.domains)} domains, "
         f"{config.total_candidates} candidates, external budget {config.external.total})"

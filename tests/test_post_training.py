@@ -1,0 +1,296 @@
+"""The real post-training back end: a tiny local base, LoRA SFT and GRPO with trl, evaluation by
+generation and grading, the evaluation cache, the leaderboard, and bad input.
+
+Everything is real (transformers, peft, trl, datasets on CPU); only the model is small. The base
+is built once per test session with a short spec (a few seconds). Skipped when the ``train``
+extra is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("trl", reason="the train extra (transformers, peft, trl) is not installed")
+
+from conftest import run_cli, sqlite_url, write_yaml
+
+from searchlab.errors import BackendError
+from searchlab_evaluation.grader import extract_answer
+from searchlab_evaluation.puzzles import FAMILIES
+from searchlab_training.backend import PostTrainingBackend
+from searchlab_training.data import FileSource, PuzzleSource, build_examples, mixture_counts
+from searchlab_training.tiny_model import TinyBaseSpec, build_tiny_base
+
+# A base that builds in seconds: enough for the code paths, not for good accuracy.
+TEST_SPEC = {"steps": 120, "examples_per_family": 200, "vocab_size": 384, "hidden_size": 64}
+DOMAINS = ["roman_numerals", "gravity"]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("searchlab-cache")
+    build_tiny_base(folder, TinyBaseSpec(**TEST_SPEC))
+    return folder
+
+
+def _backend(cache: Path, **options: Any) -> PostTrainingBackend:
+    return PostTrainingBackend(
+        domains=list(options.pop("domains", DOMAINS)),
+        weights={},
+        seed=0,
+        cache_dir=str(cache),
+        tiny=TEST_SPEC,
+        device="cpu",
+        dev_items=16,
+        external_items=32,
+        **options,
+    )
+
+
+RECIPE = {"learning_rate": 2e-3, "steps": 8, "lora_rank": 4, "template_share": 0.5}
+
+
+def test_tiny_base_is_deterministic_and_loads_offline(cache: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = TinyBaseSpec(**TEST_SPEC)
+    first = build_tiny_base(cache, spec)
+    assert build_tiny_base(cache, spec) == first  # cached: the same folder
+    again = build_tiny_base(tmp_path, spec)  # a second, independent build
+    from searchlab_evaluation.cache import artefact_hash
+
+    assert artefact_hash(first) == artefact_hash(again)
+    tok = AutoTokenizer.from_pretrained(first, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(first, local_files_only=True)
+    assert model.config.model_type == "llama"
+    assert tok.padding_side == "left"
+    ids = tok("convert 82 g to mg")["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    # Byte-level BPE: digits and spaces decode back exactly.
+    assert tok.decode(ids, skip_special_tokens=True) == "convert 82 g to mg"
+    build = json.loads((first / "build.json").read_text())
+    assert build["loss_every_50_steps"][-1] < build["loss_every_50_steps"][0]
+
+
+def test_mixture_counts_are_exact() -> None:
+    assert mixture_counts({"a": 0.5, "b": 0.3, "c": 0.2}, 180) == {"a": 90, "b": 54, "c": 36}
+    counts = mixture_counts({"a": 1, "b": 1, "c": 1}, 100)
+    assert sum(counts.values()) == 100 and sorted(counts.values()) == [33, 33, 34]
+    with pytest.raises(BackendError, match="sum to 0"):
+        mixture_counts({"a": 0.0}, 10)
+
+
+def test_template_share_draws_exact_counts() -> None:
+    examples, digest = build_examples(
+        PuzzleSource(), {"cipher": 3, "gravity": 1}, {"cipher": 0.25}, 200, seed=3
+    )
+    cipher = [e for e in examples if e.domain == "cipher"]
+    assert len(cipher) == 150 and sum(e.template for e in cipher) == 38  # round(150 * 0.25)
+    assert not any(e.template for e in examples if e.domain == "gravity")
+    again, digest2 = build_examples(
+        PuzzleSource(), {"cipher": 3, "gravity": 1}, {"cipher": 0.25}, 200, seed=3
+    )
+    assert digest == digest2 and again == examples
+
+
+def test_sft_candidate_trains_evaluates_and_submits(cache: Path) -> None:
+    backend = _backend(cache)
+    artefact = backend.train(RECIPE, candidate=0, seed=1)
+    folder = Path(artefact["adapter"])
+    assert (folder / "adapter_model.safetensors").is_file()
+    record = json.loads((folder / "searchlab.json").read_text())
+    assert record["recipe"]["rank"] == 4 and record["data_hash"] == artefact["data_hash"]
+    assert record["curve"] and record["tokens"] > 0
+    dev = backend.evaluate(artefact)
+    assert set(dev) == set(DOMAINS) and all(n == 16 for _, n in dev.values())
+    public = backend.submit_external(artefact, submission=0)
+    assert set(public) == set(DOMAINS)
+    # Floored to 0.01 and computed on the public half (16 of 32 items).
+    assert all(abs(v * 100 - round(v * 100)) < 1e-9 for v in public.values())
+    assert backend.recover_external(artefact, submission=0) == public
+    assert backend.recover_external(artefact, submission=7) is None
+
+
+def test_accuracy_agrees_with_saved_samples_and_cache_is_used(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _backend(cache)
+    artefact = backend.train(RECIPE, candidate=1, seed=2)
+    dev = backend.evaluate(artefact)
+    entries = list((cache / "evaluations").rglob("*.json"))
+    saved = [json.loads(p.read_text()) for p in entries]
+    mine = next(e for e in saved if e["artefact"] == artefact["hash"] and e["split"] == "dev")
+    # Independent re-computation: exact match of the first line of each completion (the tiny
+    # model answers on one line), without the grader's extraction rules.
+    for domain in DOMAINS:
+        rows = [s for s in mine["samples"] if s["domain"] == domain]
+        first_line = [(s["completion"].strip().splitlines() or [""])[0].strip() for s in rows]
+        plain = sum(c.lower() == s["answer"].lower() for c, s in zip(first_line, rows, strict=True))
+        assert plain / len(rows) == pytest.approx(dev[domain][0])
+        assert all(s["extracted"] == extract_answer(s["completion"]) for s in rows)
+
+    # A second evaluation of the same artefact is served from the cache: generation is off.
+    import searchlab_evaluation.generate as generation
+
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: pytest.fail("not cached"))
+    assert backend.evaluate(artefact) == dev
+
+
+def test_grpo_recipe_trains(cache: Path) -> None:
+    backend = _backend(cache, domains=["gravity"])
+    recipe = {**RECIPE, "method": "grpo", "steps": 2, "batch_size": 8, "num_generations": 4}
+    artefact = backend.train(recipe, candidate=2, seed=3)
+    record = json.loads((Path(artefact["adapter"]) / "searchlab.json").read_text())
+    assert record["recipe"]["method"] == "grpo"
+    assert any("reward" in row for row in record["curve"])
+    assert set(backend.evaluate(artefact)) == {"gravity"}
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_missing_model_path_is_a_clear_error(cache: Path, tmp_path: Path) -> None:
+    backend = _backend(cache, model=str(tmp_path / "no-such-model"))
+    with pytest.raises(BackendError, match=r"no-such-model.*no such local model folder"):
+        backend.train(RECIPE, candidate=0, seed=0)
+    assert any("no-such-model" in p for p in backend.preflight())
+
+
+def test_corrupt_adapter_is_a_clear_error(cache: Path) -> None:
+    backend = _backend(cache)
+    artefact = backend.train(RECIPE, candidate=3, seed=4)
+    weights = Path(artefact["adapter"]) / "adapter_model.safetensors"
+    weights.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(BackendError, match="corrupt"):
+        backend.evaluate(artefact)
+
+
+def test_dataset_file_with_missing_columns(cache: Path, tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    with pytest.raises(BackendError, match=r"train\[gravity\].*lacks column\(s\) \['completion'\]"):
+        FileSource({"gravity": train})
+
+
+def test_unknown_recipe_key_and_bad_values(cache: Path) -> None:
+    backend = _backend(cache)
+    with pytest.raises(BackendError, match="recipe key 'lora_rnak'"):
+        backend.train({**RECIPE, "lora_rnak": 4}, candidate=0, seed=0)
+    with pytest.raises(BackendError, match="lora_rank 0 must be a positive integer"):
+        backend.train({**RECIPE, "lora_rank": 0}, candidate=0, seed=0)
+    with pytest.raises(BackendError, match="unknown key"):
+        _backend(cache, evaluatr="vllm")
+
+
+def test_lora_rank_vllm_cannot_serve(cache: Path) -> None:
+    backend = _backend(cache, evaluator="vllm", vllm={"max_lora_rank": 16})
+    with pytest.raises(BackendError, match="LoRA rank 32 cannot be served by vLLM"):
+        backend.train({**RECIPE, "lora_rank": 32}, candidate=0, seed=0)
+
+
+def test_vllm_missing_is_reported_not_faked(cache: Path) -> None:
+    from searchlab_evaluation.vllm_generator import vllm_available
+
+    ok, _ = vllm_available(sys.executable)
+    if ok:
+        pytest.skip("vLLM is installed here; this test covers its absence")
+    backend = _backend(cache, evaluator="vllm", vllm={"max_lora_rank": 8})
+    artefact = backend.train(RECIPE, candidate=4, seed=5)
+    with pytest.raises(BackendError, match="vLLM is not usable"):
+        backend.evaluate(artefact)
+
+
+def test_out_of_memory_training_is_reported(cache: Path, tmp_path: Path) -> None:
+    """A real out-of-memory: the training process runs under an address-space limit."""
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        from searchlab.errors import BackendError
+        from searchlab_training.backend import PostTrainingBackend
+        b = PostTrainingBackend(domains=["gravity"], weights={{}}, seed=0,
+                                cache_dir={str(cache)!r}, tiny={TEST_SPEC!r}, device="cpu",
+                                examples=2048)
+        b.base_path()
+        import torch, trl, peft  # everything loaded before the limit
+        used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + 400 * 2**20, resource.RLIM_INFINITY))
+        try:
+            b.train({{"learning_rate": 1e-3, "steps": 1, "batch_size": 2048, "lora_rank": 4,
+                      "max_length": 128}}, candidate=0, seed=0)
+        except BackendError as exc:
+            print("BACKEND-ERROR", exc)
+            sys.exit(0)
+        print("NO ERROR")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+        check=False,
+    )
+    assert "BACKEND-ERROR" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "out of memory" in proc.stdout
+
+
+def test_study_with_real_backend_fails_bad_candidates_and_goes_on(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Two rounds of real training: a recipe with LoRA rank 0 fails with its reason, others run."""
+    study = {
+        "name": "tiny-real",
+        "seed": 0,
+        "domains": [{"name": d} for d in DOMAINS],
+        "space": {
+            "mixture": {"type": "mixture", "domains": DOMAINS},
+            "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True},
+            "lora_rank": {"type": "categorical", "choices": [4, 0]},
+        },
+        "backend": {
+            "name": "post-training",
+            "options": {
+                "cache_dir": str(cache),
+                "tiny": TEST_SPEC,
+                "device": "cpu",
+                "dev_items": 8,
+                "external_items": 16,
+                "defaults": {"steps": 4},
+            },
+        },
+        "rounds": {"candidates": 3, "count": 2},
+        "external": {"per_round": 1, "total": 2},
+    }
+    path = write_yaml(tmp_path / "real.yaml", study)
+    storage = sqlite_url(tmp_path / "real.db")
+    proc = run_cli("study", "create", str(path), "--storage", storage, "--quiet", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = json.loads(
+        run_cli("study", "status", "tiny-real", "--storage", storage, "--json").stdout
+    )
+    assert status["finished"] is True
+    assert status["failed_candidates"] >= 1 and status["candidates"] >= 1, status
+    assert status["external_budget"]["used"] >= 1
+    audit = json.loads(
+        run_cli("study", "audit", "tiny-real", "--storage", storage, "--json").stdout
+    )
+    reasons = [e["reason"] for e in audit if e["kind"] == "candidate_failed"]
+    assert reasons and all("lora_rank 0 must be a positive integer" in r for r in reasons)
+
+
+def test_study_files_validate() -> None:
+    root = Path(__file__).resolve().parents[1] / "studies"
+    for name in ("tiny-reasoning.yaml", "nemotron-30b.yaml"):
+        proc = run_cli("study", "validate", str(root / name))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert ": ok (" in proc.stdout
+    assert all(f in FAMILIES for f in ("cipher", "equations"))
