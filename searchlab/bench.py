@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -279,7 +280,9 @@ def search(
     instances: tuple[str, ...] = tuple(INSTANCES),
     methods: tuple[str, ...] = METHODS,
     seeds: int = 10,
+    first_seed: int = 0,
     quick: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs methods side by side on the same simulated instances (common random numbers).
 
@@ -291,8 +294,11 @@ def search(
         instances: Names from :data:`INSTANCES`.
         methods: Names from :data:`METHODS`.
         seeds: Seeds per instance.
+        first_seed: The first seed (seeds ``first_seed .. first_seed + seeds - 1``), so that
+            seeds can be split over processes and the rows merged.
         quick: A small preset (2-3 domains, 3 rounds of 4, 3 submissions) that checks the
             harness, not the goals.
+        progress: Called with one line per (instance, seed, method) as each finishes.
 
     Returns:
         One row per (instance, method): ``instance``, ``method``, ``median_regret``, ``iqr``,
@@ -308,7 +314,7 @@ def search(
         warnings.simplefilter("ignore")
         for instance in instances:
             per_method: dict[str, list[float]] = {m: [] for m in methods}
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 config = validate_study(
                     _study_data(instance, seed, quick=quick), source=f"bench {instance}"
                 )
@@ -332,6 +338,8 @@ def search(
                     else:
                         regret = _run_peer(method, config, backend)
                     per_method[method].append(regret)
+                    if progress is not None:
+                        progress(f"{instance} seed {seed} {method}: regret {regret:.5f}")
             for method, values in per_method.items():
                 q1, q3 = np.percentile(values, [25, 75])
                 rows.append(

@@ -564,6 +564,7 @@ def bench_search(
         bool, typer.Option("--quick", help="A small preset (checks the harness).")
     ] = False,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per instance.")] = None,
+    first_seed: Annotated[int, typer.Option(min=0, help="First seed (split runs).")] = 0,
     instance: Annotated[
         list[str] | None, typer.Option(help="Instance(s) to run (default: all).")
     ] = None,
@@ -579,7 +580,10 @@ def bench_search(
     rows = search(
         instances=tuple(instance or INSTANCES),
         seeds=seeds or (1 if quick else 10),
+        first_seed=first_seed,
         quick=quick,
+        # One line per finished run on stderr: a long benchmark shows where it is.
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if as_json:
         print(json.dumps([{k: v for k, v in r.items() if k != "regrets"} for r in rows], indent=2))

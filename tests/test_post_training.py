@@ -190,6 +190,13 @@ def test_unknown_recipe_key_and_bad_values(cache: Path) -> None:
         _backend(cache, evaluatr="vllm")
 
 
+def test_crashing_training_run_is_reported(cache: Path) -> None:
+    """peft refuses a target module the model does not have: the run fails inside trl."""
+    backend = _backend(cache)
+    with pytest.raises(BackendError, match=r"training failed: \w+Error: .*no_such_proj.* not found"):
+        backend.train({**RECIPE, "target_modules": ["no_such_proj"]}, candidate=0, seed=0)
+
+
 def test_lora_rank_vllm_cannot_serve(cache: Path) -> None:
     backend = _backend(cache, evaluator="vllm", vllm={"max_lora_rank": 16})
     with pytest.raises(BackendError, match="LoRA rank 32 cannot be served by vLLM"):

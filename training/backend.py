@@ -90,7 +90,7 @@ class PostTrainingBackend:
         generation: :class:`~searchlab_evaluation.generate.GenerationSettings` fields.
         device: ``auto``, ``cpu`` or ``cuda``.
         dtype: The base's dtype when loaded (``auto``, ``bfloat16``, ``float32``).
-        leaderboard: ``resolution``, ``per_period`` and ``total`` of the external target.
+        leaderboard: ``resolution`` and ``total`` (submissions) of the external target.
     """
 
     def __init__(
@@ -165,7 +165,9 @@ class PostTrainingBackend:
         self._source: PuzzleSource | FileSource | None = None
         self._items: dict[str, list[Item]] = {}
         board = dict(options.get("leaderboard") or {})
-        unknown_board = sorted(set(board) - {"resolution", "per_period", "total"})
+        # The engine plans per-round submissions itself (external.per_round); the leaderboard
+        # enforces its own total, as a real one would.
+        unknown_board = sorted(set(board) - {"resolution", "total"})
         if unknown_board:
             raise BackendError(f"backend.options.leaderboard: unknown key(s) {unknown_board}")
         self._board = board
@@ -214,7 +216,6 @@ class PostTrainingBackend:
             self._leaderboard = Leaderboard(
                 items=self.items("external"),
                 resolution=float(board.get("resolution", 0.01)),
-                per_period=board.get("per_period"),
                 total=board.get("total"),
                 log_path=self.cache_dir / "leaderboard" / f"study-seed{self.seed}.jsonl",
                 seed=self.data_seed,

@@ -210,6 +210,9 @@ def build_tiny_base(cache_dir: Path | str, spec: TinyBaseSpec | None = None) -> 
             curve = _full_finetune(model, tokenizer, corpus, spec)
         staging = cache / f".tiny-base-{spec.key()}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Writing model shards" is noise in a study's output
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         record: dict[str, Any] = {
