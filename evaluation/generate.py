@@ -43,26 +43,29 @@ def resolve_device(device: str) -> str:
 
 
 def load_base(path: str | Path, *, device: str, dtype: str = "auto") -> tuple[Any, Any]:
-    """Loads a causal LM and its tokenizer from a local folder (never from a hub).
+    """Loads a causal LM and its tokenizer from a local folder or the local Hugging Face cache.
+
+    ``path`` is a folder, or a hub id that is already in the local cache (``HF_HOME``): nothing
+    is ever downloaded.
 
     Raises:
-        BackendError: Naming the path when it is missing or not a model.
+        BackendError: Naming the model when it is neither, or cannot be loaded.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per load would flood a study's output
     folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise BackendError(
-            f"model {str(path)!r}: no such local model folder (config.json missing); models are "
-            "never downloaded at run time"
-        )
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise BackendError(f"model {str(path)!r}: the folder has no config.json")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            folder, padding_side="left", local_files_only=True
-        )
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except OSError:
+        raise BackendError(
+            f"model {str(path)!r}: no such local model folder, nor in the local Hugging Face "
+            "cache; models are never downloaded at run time"
+        ) from None
     except Exception as exc:
         raise BackendError(
             f"model {str(path)!r} could not be loaded: {type(exc).__name__}: {exc}"

@@ -565,20 +565,27 @@ def bench_search(
     ] = False,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per instance.")] = None,
     first_seed: Annotated[int, typer.Option(min=0, help="First seed (split runs).")] = 0,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Method(s) to run (default: all).")
+    ] = None,
     instance: Annotated[
         list[str] | None, typer.Option(help="Instance(s) to run (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
 ) -> None:
     """True external regret of each method's recommendation, median and IQR over seeds."""
-    from searchlab.bench import INSTANCES, search
+    from searchlab.bench import INSTANCES, METHODS, search
 
     unknown = [i for i in instance or [] if i not in INSTANCES]
     if unknown:
         raise SearchlabError(f"unknown instance(s) {unknown}; known: {list(INSTANCES)}")
+    unknown = [m for m in method or [] if m not in METHODS]
+    if unknown:
+        raise SearchlabError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     _quiet_libraries()
     rows = search(
         instances=tuple(instance or INSTANCES),
+        methods=tuple(method or METHODS),
         seeds=seeds or (1 if quick else 10),
         first_seed=first_seed,
         quick=quick,

@@ -301,3 +301,29 @@ def test_study_files_validate() -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert ": ok (" in proc.stdout
     assert all(f in FAMILIES for f in ("cipher", "equations"))
+
+
+def test_model_by_hub_id_from_the_local_cache_only(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id loads when the local Hugging Face cache holds it, and is a clear error if not."""
+    import shutil
+
+    from searchlab_evaluation.generate import load_base
+
+    hf_home = tmp_path / "hf"
+    snapshot = hf_home / "hub" / "models--local--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(build_tiny_base(cache, TinyBaseSpec(**TEST_SPEC)), snapshot)
+    (hf_home / "hub" / "models--local--tiny" / "refs").mkdir()
+    (hf_home / "hub" / "models--local--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    model, tokenizer = load_base("local/tiny", device="cpu")
+    assert model.config.model_type == "llama" and tokenizer.padding_side == "left"
+    assert _backend(cache, model="local/tiny").preflight() == []
+    with pytest.raises(BackendError, match="nor in the local Hugging Face cache"):
+        load_base("nvidia/not-cached-here", device="cpu")
+    assert "not-cached" in _backend(cache, model="nvidia/not-cached-here").preflight()[0]

@@ -179,8 +179,11 @@ class PostTrainingBackend:
     def preflight(self) -> list[str]:
         """What would stop a run that construction does not check: missing model or data files."""
         problems = []
-        if self.model_name != "tiny" and not (Path(self.model_name) / "config.json").is_file():
-            problems.append(f"model {self.model_name!r} is not a local model folder (yet)")
+        if self.model_name != "tiny" and not _model_is_local(self.model_name):
+            problems.append(
+                f"model {self.model_name!r} is neither a local model folder nor in the local "
+                "Hugging Face cache (yet)"
+            )
         for split, files in (self.data_files or {}).items():
             problems += [
                 f"data.{split}[{d}]: {path!r} does not exist (yet)"
@@ -392,6 +395,20 @@ class PostTrainingBackend:
         samples = self._samples(artefact, "external")
         private = [s for s, m in zip(samples, self.leaderboard.public_mask, strict=True) if not m]
         return {d: a for d, (a, _) in per_domain_accuracy(private, domains=self.domains).items()}
+
+
+def _model_is_local(name: str) -> bool:
+    """A folder with config.json, or a hub id whose config is in the local cache."""
+    if (Path(name) / "config.json").is_file():
+        return True
+    if Path(name).exists():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id either
+        return False
 
 
 def _adapter_of(artefact: Mapping[str, Any]) -> str:
