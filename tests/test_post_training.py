@@ -193,7 +193,8 @@ def test_unknown_recipe_key_and_bad_values(cache: Path) -> None:
 def test_crashing_training_run_is_reported(cache: Path) -> None:
     """peft refuses a target module the model does not have: the run fails inside trl."""
     backend = _backend(cache)
-    with pytest.raises(BackendError, match=r"training failed: \w+Error: .*no_such_proj.* not found"):
+    expected = r"training failed: \w+Error: .*no_such_proj.* not found"
+    with pytest.raises(BackendError, match=expected):
         backend.train({**RECIPE, "target_modules": ["no_such_proj"]}, candidate=0, seed=0)
 
 
