@@ -52,20 +52,11 @@ def _fields(puzzle: Puzzle) -> dict[str, str]:
 
 # Independent reference solutions --------------------------------------------------------------
 
-_ROMAN = (
-    (1000, "M"),
-    (900, "CM"),
-    (500, "D"),
-    (400, "CD"),
-    (100, "C"),
-    (90, "XC"),
-    (50, "L"),
-    (40, "XL"),
-    (10, "X"),
-    (9, "IX"),
-    (5, "V"),
-    (4, "IV"),
-    (1, "I"),
+# Roman numerals digit by digit (a different method from the generator's greedy table).
+_ROMAN_DIGITS = (
+    ("", "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX"),
+    ("", "X", "XX", "XXX", "XL", "L", "LX", "LXX", "LXXX", "XC"),
+    ("", "C", "CC", "CCC", "CD", "D", "DC", "DCC", "DCCC", "CM"),
 )
 # unit -> (dimension, power of ten relative to the base unit)
 _UNITS = {
@@ -95,12 +86,9 @@ _UNIT_NAMES = {
 
 
 def _roman(n: int) -> str:
-    out = ""
-    for value, symbol in _ROMAN:
-        while n >= value:
-            out += symbol
-            n -= value
-    return out
+    assert 0 < n < 1000
+    hundreds, tens, ones = n // 100, n // 10 % 10, n % 10
+    return _ROMAN_DIGITS[2][hundreds] + _ROMAN_DIGITS[1][tens] + _ROMAN_DIGITS[0][ones]
 
 
 def _bit_op(fields: dict[str, str]) -> str:
