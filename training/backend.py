@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -108,8 +109,12 @@ class PostTrainingBackend:
             )
         import datasets
 
-        # One bar per dataset map per candidate would flood a study's output.
+        # One bar per dataset map per candidate would flood a study's output, and so would
+        # transformers 5.24's deprecation of a name peft and trl still call at every step.
         datasets.disable_progress_bars()
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
         self.domains = list(domains)
         self.seed = seed
         self.model_name = str(options.get("model", "tiny"))

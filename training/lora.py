@@ -15,7 +15,6 @@ import json
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -188,12 +187,7 @@ def train_adapter(
             raise BackendError(f"method {recipe.method!r}: expected 'sft' or 'grpo'")
         # trl prints every log row to stdout when progress bars are off; the curve is kept below.
         trainer.remove_callback(transformers.PrinterCallback)
-        with warnings.catch_warnings():
-            # transformers 5.24 deprecates a name that peft/trl still call once per step.
-            warnings.filterwarnings(
-                "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
-            )
-            trainer.train()
+        trainer.train()
     except BackendError:
         raise
     except Exception as exc:
