@@ -122,6 +122,11 @@ class PostTrainingBackend:
         self.examples = int(options.get("examples", 512))
         self.data_seed = int(options.get("data_seed", 0))
         self.template_domains = list(options.get("template_domains") or self.domains)
+        strangers = [d for d in self.template_domains if d not in self.domains]
+        if strangers:
+            raise BackendError(
+                f"backend.options.template_domains: {strangers} are not domains of the study"
+            )
         self.defaults = dict(options.get("defaults") or {})
         self.device = resolve_device(str(options.get("device", "auto")))
         self.dtype = str(options.get("dtype", "auto"))
