@@ -328,3 +328,38 @@ def test_model_by_hub_id_from_the_local_cache_only(
     with pytest.raises(BackendError, match="nor in the local Hugging Face cache"):
         load_base("nvidia/not-cached-here", device="cpu")
     assert "not-cached" in _backend(cache, model="nvidia/not-cached-here").preflight()[0]
+
+
+def test_user_data_files_train_and_evaluate(cache: Path, tmp_path: Path) -> None:
+    """Training, dev and external data from files the user supplies (the nemotron-30b path)."""
+    from searchlab_evaluation.puzzles import make_split
+
+    def write(path: Path, rows: list[dict[str, Any]]) -> str:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    train = [
+        {"prompt": p.prompt, "completion": " " + p.answer, "template": p.split != "train_generic"}
+        for split in ("train_generic", "train_template")
+        for p in make_split("gravity", split, 40, seed=0)
+    ]
+    dev = [
+        {"prompt": p.prompt, "answer": p.answer} for p in make_split("gravity", "dev", 12, seed=0)
+    ]
+    ext = [
+        {"prompt": p.prompt, "answer": p.answer}
+        for p in make_split("gravity", "external", 20, seed=0)
+    ]
+    data = {
+        "train": {"gravity": write(tmp_path / "train.jsonl", train)},
+        "dev": {"gravity": write(tmp_path / "dev.jsonl", dev)},
+        "external": {"gravity": write(tmp_path / "external.jsonl", ext)},
+    }
+    backend = _backend(cache, domains=["gravity"], data=data, examples=64)
+    assert backend.preflight() == []
+    artefact = backend.train({**RECIPE, "template_share_gravity": 0.25}, candidate=5, seed=6)
+    assert backend.evaluate(artefact)["gravity"][1] == 12
+    assert set(backend.submit_external(artefact, submission=0)) == {"gravity"}
+    examples = backend.source.draw("gravity", 48, 16, seed=1)
+    assert sum(e.template for e in examples) == 16
+    assert all(e.answer == e.completion.strip() for e in examples)

@@ -302,10 +302,7 @@ class PostTrainingBackend:
     def train(self, recipe: Mapping[str, Any], *, candidate: int, seed: int) -> dict[str, Any]:
         lora, weights, shares = self.parse_recipe(recipe)
         examples, data_hash = build_examples(self.source, weights, shares, self.examples, seed=seed)
-        answers = None
-        if lora.method == "grpo":
-            # The reference answer is the completion without its leading space.
-            answers = [e.completion.strip() for e in examples]
+        answers = [e.answer for e in examples] if lora.method == "grpo" else None
         model, tokenizer = self._load_base()
         # Same base, recipe and seed give the same adapter (training is deterministic), so a
         # name made of them can be shared; anything else gets its own folder.

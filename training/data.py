@@ -10,7 +10,8 @@ Two sources:
 
 - **puzzles** (the default): the generators of :mod:`searchlab_evaluation.puzzles`;
 - **files**: a JSON-lines (or CSV/Parquet) file per domain with columns ``prompt`` and
-  ``completion``, and optionally a boolean ``template`` column that the knob draws on. A file
+  ``completion``, optionally a boolean ``template`` column that the knob draws on and an
+  ``answer`` column (GRPO's reference, when completions hold reasoning). A file
   whose columns are missing is an error naming the file and the columns.
 """
 
@@ -30,12 +31,17 @@ from searchlab_evaluation.puzzles import make_split
 
 @dataclass(frozen=True)
 class Example:
-    """One supervised example."""
+    """One supervised example.
+
+    ``answer`` is the reference answer GRPO rewards against: the puzzle's answer, a file's
+    ``answer`` column, or else the completion itself.
+    """
 
     domain: str
     prompt: str
     completion: str
     template: bool
+    answer: str
 
 
 def mixture_counts(weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -68,7 +74,7 @@ class PuzzleSource:
         generic = make_split(domain, "train_generic", n_generic, seed=seed)
         template = make_split(domain, "train_template", n_template, seed=seed)
         return [
-            Example(domain, p.prompt, " " + p.answer, p.split == "train_template")
+            Example(domain, p.prompt, " " + p.answer, p.split == "train_template", p.answer)
             for p in (*generic, *template)
         ]
 
@@ -103,7 +109,13 @@ class FileSource:
         chosen = [rng.choice(generic or template) for _ in range(n_generic)]
         chosen += [rng.choice(template) for _ in range(n_template)]
         return [
-            Example(domain, str(r["prompt"]), str(r["completion"]), bool(r.get("template", False)))
+            Example(
+                domain,
+                str(r["prompt"]),
+                str(r["completion"]),
+                bool(r.get("template", False)),
+                str(r.get("answer") or r["completion"]).strip(),
+            )
             for r in chosen
         ]
 
