@@ -70,7 +70,7 @@ def main() -> None:
             }
             artefact = backend.train(recipe, candidate=0, seed=seed)
             dev = backend.evaluate(artefact)[args.domain][0]
-            external = per_domain_accuracy(backend._samples(artefact, "external"))[args.domain][0]
+            external = per_domain_accuracy(backend.samples(artefact, "external"))[args.domain][0]
             rows.append(
                 {
                     "share": share,

@@ -331,7 +331,7 @@ class PostTrainingBackend:
             "tokens_per_s": result.tokens_per_s,
         }
 
-    def _samples(self, artefact: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
+    def samples(self, artefact: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
         """Graded samples of one artefact on one split, from the cache or by generating."""
         adapter = _adapter_of(artefact)
         items = self.items(split)
@@ -381,11 +381,11 @@ class PostTrainingBackend:
         return samples
 
     def evaluate(self, artefact: Mapping[str, Any]) -> dict[str, tuple[float, int]]:
-        return per_domain_accuracy(self._samples(artefact, "dev"), domains=self.domains)
+        return per_domain_accuracy(self.samples(artefact, "dev"), domains=self.domains)
 
     def submit_external(self, artefact: Mapping[str, Any], *, submission: int) -> dict[str, float]:
         self.leaderboard.check_budget()
-        samples = self._samples(artefact, "external")
+        samples = self.samples(artefact, "external")
         result = self.leaderboard.score(
             samples, submission=submission, artefact=artefact_hash(_adapter_of(artefact))
         )
@@ -399,7 +399,7 @@ class PostTrainingBackend:
 
     def private_external(self, artefact: Mapping[str, Any]) -> dict[str, float]:
         """The private-half accuracy per domain: the final result, hidden during a search."""
-        samples = self._samples(artefact, "external")
+        samples = self.samples(artefact, "external")
         private = [s for s, m in zip(samples, self.leaderboard.public_mask, strict=True) if not m]
         return {d: a for d, (a, _) in per_domain_accuracy(private, domains=self.domains).items()}
 
