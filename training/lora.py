@@ -48,6 +48,8 @@ class LoraRecipe:
         dropout: LoRA dropout.
         target_modules: A key of :data:`TARGET_MODULES` or explicit module names.
         num_generations: GRPO group size.
+        max_length: SFT sequence length (tokens; longer examples are truncated).
+        max_completion_length: GRPO completion length (tokens).
     """
 
     method: str = "sft"
@@ -105,12 +107,14 @@ def _peft_config(recipe: LoraRecipe) -> Any:
     )
 
 
-def _common_args(recipe: LoraRecipe, n_examples: int, *, seed: int, device: str) -> dict[str, Any]:
+def _common_args(
+    recipe: LoraRecipe, n_examples: int, *, seed: int, device: str, output_dir: str
+) -> dict[str, Any]:
     steps = recipe.steps
     if steps is None:
         steps = max(1, math.ceil(recipe.epochs * n_examples / recipe.batch_size))
     return {
-        "output_dir": tempfile.mkdtemp(prefix="searchlab-trainer-"),
+        "output_dir": output_dir,  # nothing is saved there (save_strategy "no")
         "per_device_train_batch_size": recipe.batch_size,
         "learning_rate": recipe.learning_rate,
         "max_steps": steps,
@@ -162,13 +166,17 @@ def train_adapter(
 
     transformers.set_seed(seed)
     started = time.perf_counter()
+    # The trainer's own output folder stays empty (nothing is checkpointed): thrown away after.
+    scratch = tempfile.TemporaryDirectory(prefix="searchlab-trainer-")
     try:
         if recipe.method == "sft":
             from trl import SFTConfig, SFTTrainer
 
             rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
             args = SFTConfig(
-                **_common_args(recipe, len(rows), seed=seed, device=device),
+                **_common_args(
+                    recipe, len(rows), seed=seed, device=device, output_dir=scratch.name
+                ),
                 max_length=recipe.max_length,
                 completion_only_loss=True,
             )
@@ -181,7 +189,14 @@ def train_adapter(
             )
         elif recipe.method == "grpo":
             trainer = _grpo_trainer(
-                model, tokenizer, examples, answers, recipe, seed=seed, device=device
+                model,
+                tokenizer,
+                examples,
+                answers,
+                recipe,
+                seed=seed,
+                device=device,
+                output_dir=scratch.name,
             )
         else:
             raise BackendError(f"method {recipe.method!r}: expected 'sft' or 'grpo'")
@@ -192,6 +207,8 @@ def train_adapter(
         raise
     except Exception as exc:
         raise BackendError(f"training failed: {_describe(exc)}") from None
+    finally:
+        scratch.cleanup()
     seconds = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out_dir)
@@ -224,6 +241,7 @@ def _grpo_trainer(
     *,
     seed: int,
     device: str,
+    output_dir: str,
 ) -> Any:
     import datasets
     from trl import GRPOConfig, GRPOTrainer
@@ -244,7 +262,7 @@ def _grpo_trainer(
     )
     args = GRPOConfig(
         **{
-            **_common_args(recipe, len(rows), seed=seed, device=device),
+            **_common_args(recipe, len(rows), seed=seed, device=device, output_dir=output_dir),
             "per_device_train_batch_size": batch,
         },
         use_vllm=False,
