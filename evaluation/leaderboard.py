@@ -3,8 +3,8 @@
 - Items are split once, by a seeded permutation per domain, into a **public** half (what a
   submission sees) and a **private** half (the final ranking, never shown during the search).
 - The displayed public score is **floored** to the resolution (the challenge showed 2 decimals).
-- A **budget** of submissions per period and in total; a submission past it is refused with
-  the reason, before anything is scored. (searchlab's engine also plans within its own budget;
+- A **budget** of submissions in total; a submission past it is refused with the reason,
+  before anything is scored. (searchlab's engine also plans within its own budget;
   the leaderboard enforces its own, as a real one does.)
 - Every submission is logged (number, artefact hash, public and private scores) in a JSON-lines
   file, so a submission whose answer was lost in a crash can be looked up instead of re-sent.
@@ -40,7 +40,6 @@ class Leaderboard:
     Args:
         items: The external items, in a fixed order.
         resolution: Display resolution of the public score.
-        per_period: Submissions allowed per period (None: unlimited).
         total: Submissions allowed in all (None: unlimited).
         log_path: The submission log (JSON lines).
         seed: Seeds the public/private split.
@@ -51,14 +50,12 @@ class Leaderboard:
         *,
         items: Sequence[Item],
         resolution: float = 0.01,
-        per_period: int | None = None,
         total: int | None = None,
         log_path: str | Path,
         seed: int = 0,
     ) -> None:
         self.items = list(items)
         self.resolution = resolution
-        self.per_period = per_period
         self.total = total
         self.log_path = Path(log_path)
         public: list[bool] = [False] * len(self.items)
@@ -82,20 +79,12 @@ class Leaderboard:
         """The logged record of one submission number, if it was scored."""
         return next((r for r in self.log() if r["submission"] == submission), None)
 
-    def check_budget(self, *, period: int | None = None) -> None:
+    def check_budget(self) -> None:
         """Raises :class:`BackendError` when another submission would exceed the budget."""
-        log = self.log()
-        if self.total is not None and len(log) >= self.total:
+        if self.total is not None and len(self.log()) >= self.total:
             raise BackendError(
                 f"leaderboard: the total budget of {self.total} submissions is spent"
             )
-        if self.per_period is not None and period is not None:
-            used = sum(1 for r in log if r.get("period") == period)
-            if used >= self.per_period:
-                raise BackendError(
-                    f"leaderboard: {used} submissions already in period {period} "
-                    f"(limit {self.per_period})"
-                )
 
     def score(
         self,
@@ -103,7 +92,6 @@ class Leaderboard:
         *,
         submission: int,
         artefact: str,
-        period: int | None = None,
     ) -> dict[str, dict[str, float]]:
         """Scores one submission's graded samples and logs it.
 
@@ -111,7 +99,6 @@ class Leaderboard:
             samples: Graded samples in the order of ``items``.
             submission: The submission number (unique).
             artefact: The artefact's content hash, for the log.
-            period: The period (round) it belongs to, for the per-period budget.
 
         Returns:
             ``{"public": {domain: floored accuracy}, "private": {domain: accuracy}}``.
@@ -126,7 +113,7 @@ class Leaderboard:
             },
             "private": {d: a for d, (a, _) in per_domain_accuracy(private).items()},
         }
-        record = {"submission": submission, "period": period, "artefact": artefact, **result}
+        record = {"submission": submission, "artefact": artefact, **result}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -333,6 +333,10 @@ class PostTrainingBackend:
 
     def samples(self, artefact: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
         """Graded samples of one artefact on one split, from the cache or by generating."""
+        return self._graded(artefact, split)[1]
+
+    def _graded(self, artefact: Mapping[str, Any], split: str) -> tuple[str, list[dict[str, Any]]]:
+        """The adapter's content hash (hashed once per call) and its graded samples."""
         adapter = _adapter_of(artefact)
         items = self.items(split)
         try:
@@ -349,7 +353,7 @@ class PostTrainingBackend:
         )
         cached = self.cache.get(key)
         if cached is not None:
-            return cached["samples"]
+            return content, cached["samples"]
         prompts = [i.prompt for i in items]
         if self.evaluator == "vllm":
             completions, seconds = generate_vllm(
@@ -378,17 +382,15 @@ class PostTrainingBackend:
                 "samples": samples,
             },
         )
-        return samples
+        return content, samples
 
     def evaluate(self, artefact: Mapping[str, Any]) -> dict[str, tuple[float, int]]:
         return per_domain_accuracy(self.samples(artefact, "dev"), domains=self.domains)
 
     def submit_external(self, artefact: Mapping[str, Any], *, submission: int) -> dict[str, float]:
         self.leaderboard.check_budget()
-        samples = self.samples(artefact, "external")
-        result = self.leaderboard.score(
-            samples, submission=submission, artefact=artefact_hash(_adapter_of(artefact))
-        )
+        content, samples = self._graded(artefact, "external")
+        result = self.leaderboard.score(samples, submission=submission, artefact=content)
         return result["public"]
 
     def recover_external(
