@@ -162,6 +162,7 @@ INSTANCES: dict[str, dict[str, Any]] = {
     "null": {"options": {"variant": "null"}, "onset": None},
 }
 METHODS = ("searchlab", "dev-only", "optuna-tpe", "optuna-gp", "random", "external-only", "oracle")
+ENGINE_METHODS = ("searchlab", "dev-only", "oracle")
 
 
 def _study_data(instance: str, seed: int, *, quick: bool) -> dict[str, Any]:
@@ -193,8 +194,9 @@ def _regret(backend: Any, domains: list[str], weights: dict[str, float], artefac
     return float(backend.optimum() - sum(weights[d] * truth[d] for d in domains))
 
 
-def _run_engine(config: Any, backend: Any, *, oracle_onset: int | None) -> float:
-    from searchlab.engine import Engine
+def _run_engine(config: Any, backend: Any, *, oracle_onset: int | None) -> tuple[float, list[str]]:
+    """Regret of the engine's recommendation, and its alarms as ``domain@candidate``."""
+    from searchlab.engine import Engine, alarms
     from searchlab.store import Storage
 
     record = Storage("sqlite:///:memory:", create=True).create(config)
@@ -214,7 +216,8 @@ def _run_engine(config: Any, backend: Any, *, oracle_onset: int | None) -> float
     result = engine.run()
     number = result["recommendation"]["candidate"]
     done = {c.number: c for c in record.candidates()}
-    return _regret(backend, config.domain_names, config.weights, done[number].artefact)
+    fired = [f"{a['domain']}@{a['candidate']}" for a in alarms(record.audit_log())]
+    return _regret(backend, config.domain_names, config.weights, done[number].artefact), fired
 
 
 def _run_peer(method: str, config: Any, backend: Any) -> float:
@@ -302,7 +305,8 @@ def search(
 
     Returns:
         One row per (instance, method): ``instance``, ``method``, ``median_regret``, ``iqr``,
-        ``seeds``, ``regrets``.
+        ``seeds``, ``regrets`` (per seed) and ``alarms`` (per seed, the engine methods'
+        switches as ``domain@candidate``; empty for peers).
     """
     import warnings
 
@@ -314,13 +318,15 @@ def search(
         warnings.simplefilter("ignore")
         for instance in instances:
             per_method: dict[str, list[float]] = {m: [] for m in methods}
+            # Per seed, the engine's switches (domain@candidate): tells a late alarm from none.
+            fired_by: dict[str, list[list[str]]] = {m: [] for m in methods}
             for seed in range(first_seed, first_seed + seeds):
                 config = validate_study(
                     _study_data(instance, seed, quick=quick), source=f"bench {instance}"
                 )
                 for method in methods:
                     backend = backend_for(config)  # config.seed is this seed
-                    if method in ("searchlab", "dev-only", "oracle"):
+                    if method in ENGINE_METHODS:
                         if method == "dev-only":
                             policy = config.policy.model_copy(update={"switch": False})
                             cfg = config.model_copy(update={"policy": policy})
@@ -334,12 +340,15 @@ def search(
                             if method == "oracle"
                             else None
                         )
-                        regret = _run_engine(cfg, backend, oracle_onset=onset)
+                        regret, fired = _run_engine(cfg, backend, oracle_onset=onset)
+                        fired_by[method].append(fired)
                     else:
                         regret = _run_peer(method, config, backend)
                     per_method[method].append(regret)
                     if progress is not None:
-                        progress(f"{instance} seed {seed} {method}: regret {regret:.5f}")
+                        fired_now = fired_by[method][-1:] if method in ENGINE_METHODS else []
+                        note = "".join(f" alarms {','.join(f) or 'none'}" for f in fired_now)
+                        progress(f"{instance} seed {seed} {method}: regret {regret:.5f}{note}")
             for method, values in per_method.items():
                 q1, q3 = np.percentile(values, [25, 75])
                 rows.append(
@@ -350,6 +359,7 @@ def search(
                         "iqr": float(q3 - q1),
                         "seeds": len(values),
                         "regrets": [float(v) for v in values],
+                        "alarms": fired_by[method],
                     }
                 )
     return rows

@@ -593,7 +593,12 @@ def bench_search(
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if as_json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "regrets"} for r in rows], indent=2))
+        print(
+            json.dumps(
+                [{k: v for k, v in r.items() if k not in ("regrets", "alarms")} for r in rows],
+                indent=2,
+            )
+        )
         return
     table = Table("instance", "method", "median regret", "IQR", "seeds")
     for r in rows:

@@ -14,7 +14,7 @@ def test_overhead_reports_both_tools() -> None:
 
 
 def test_search_quick_runs_every_method_on_the_same_instance() -> None:
-    from searchlab.bench import METHODS, search
+    from searchlab.bench import ENGINE_METHODS, METHODS, search
 
     rows = search(instances=("goodhart",), seeds=1, quick=True)
     assert [r["method"] for r in rows] == list(METHODS)
@@ -23,3 +23,6 @@ def test_search_quick_runs_every_method_on_the_same_instance() -> None:
         assert r["instance"] == "goodhart" and r["seeds"] == 1
         # Regret against the known optimum of the same instance: never below zero.
         assert r["median_regret"] >= -1e-6
+        # The engine's switches per seed ("domain@candidate"), so a late alarm and none differ.
+        assert len(r["alarms"]) == (1 if r["method"] in ENGINE_METHODS else 0)
+        assert all("@" in a for seed in r["alarms"] for a in seed)
