@@ -3,13 +3,23 @@
 The objective of a recipe ``x`` over domains ``d`` with weights ``w_d`` (the leaderboard's mean
 accuracy by default) is
 
-    g(x) = sum_d w_d * c_d(x),    c_d = dev_d                      if d is in proxy mode,
-                                  c_d = ext_d - lambda * dev_d     if d is decoupled,
+    g(x) = sum_d w_d * c_d(x),    c_d = dev_d                                if d is in proxy mode,
+                                  c_d = ext_d - lambda * (dev_d - ext_d)     if d is decoupled,
 
 evaluated on joint posterior samples of every domain's (dev, external) GP, so the dev penalty of
-a decoupled domain uses the same sample as its external score. BoTorch's ``Penalized*``
-acquisitions penalise distance in input space, which is something else; a linear MC objective
-(``GenericMCObjective``) is the right tool (NOTES.md).
+a decoupled domain uses the same sample as its external score.
+
+The penalty is on the proxy gap ``dev_d - ext_d``, the part of dev that external does not
+follow, not on dev itself. Genuine skill raises both (external by a factor ``s`` near 1), so its
+coefficient stays ``s + lambda (s - 1)``, near 1, instead of ``s - lambda``; a hack that raises
+dev alone by ``a_p`` per unit and external by ``R'(D)`` gains ``(1 + lambda) R'(D) - lambda a_p``
+(notation of :mod:`searchlab.simulation`). Penalising dev itself with ``lambda = 0.5`` left the
+weak domain a genuine coefficient of about ``0.85 - 0.5 = 0.35``; in a traced simulated study
+(goodhart, seed 1, docs/RESULTS.md) the search then moved that domain's mixture weight to zero
+after the switch, giving up the external skill it had switched to find.
+
+BoTorch's ``Penalized*`` acquisitions penalise distance in input space, which is something else;
+a linear MC objective (``GenericMCObjective``) is the right tool (NOTES.md).
 
 The batch is chosen by ``qLogNoisyExpectedImprovement`` (Ament et al. 2023, "Unexpected
 improvements to expected improvement for Bayesian optimization"): greedy sequential selection,
@@ -63,7 +73,8 @@ def objective_coefficients(
     for s, w, mode in zip(surrogates, weights, modes, strict=True):
         block = [0.0] * s.num_outputs
         if mode == DECOUPLED and s.two_task:
-            block[EXTERNAL] = w
+            # ext - lambda * (dev - ext): the penalty is on the proxy gap (module docstring).
+            block[EXTERNAL] = (1.0 + dev_penalty) * w
             block[DEV] = -dev_penalty * w
         else:
             # Proxy mode, or a decoupled domain without an external model yet (cannot happen
@@ -94,7 +105,8 @@ def propose_batch(
         surrogates: Fitted surrogates, one per domain.
         weights: ``K`` domain weights.
         modes: ``K`` domain modes.
-        dev_penalty: lambda, the weight of dev subtracted in decoupled domains.
+        dev_penalty: lambda, the weight of the proxy gap (dev - external) subtracted in
+            decoupled domains.
         x_baseline: ``n x d`` encoded recipes already evaluated (the noisy incumbents of NEI).
         x_pending: ``p x d`` encoded recipes proposed but not evaluated yet, or None.
         q: Batch size.

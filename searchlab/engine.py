@@ -30,6 +30,7 @@ from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
 from searchlab.policy import (
     SubmissionChoice,
+    confirm_for_recommendation,
     rank_for_submission,
     recommend,
     record_probe,
@@ -37,7 +38,7 @@ from searchlab.policy import (
 )
 from searchlab.space import SearchSpace
 from searchlab.store import Candidate, StudyRecord
-from searchlab.surrogate import DomainSurrogate
+from searchlab.surrogate import DEV, DomainSurrogate
 from searchlab.validity import DetectorSettings, DomainMonitor, ValidityTest
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -443,14 +444,19 @@ class Engine:
                         i for n, i in zip(open_numbers, rows, strict=True) if n != probe.candidate
                     ]
                     open_numbers = [n for n in open_numbers if n != probe.candidate]
-            choices += rank_for_submission(
-                open_numbers,
-                [{key: v[rows] for key, v in p.items()} for p in models.predictions],
-                self.weights,
-                self.modes,
-                k - len(choices),
-                beta=self.config.policy.ucb_beta,
-            )
+            if r == self.config.rounds.count - 1:
+                # No proposal follows: what is left to decide is the recommendation.
+                modelled, _, _ = self._modelled_external(models.x[rows])
+                choices += confirm_for_recommendation(open_numbers, modelled, k - len(choices))
+            else:
+                choices += rank_for_submission(
+                    open_numbers,
+                    [{key: v[rows] for key, v in p.items()} for p in models.predictions],
+                    self.weights,
+                    self.modes,
+                    k - len(choices),
+                    beta=self.config.policy.ucb_beta,
+                )
         for choice in choices:
             self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
         self._set_round(r, "submitted")
@@ -588,11 +594,7 @@ class Engine:
     def _recommend(self, *, final: bool) -> dict[str, Any]:
         models = self._fit()
         done = {c.number: c for c in self.record.candidates() if c.state == "COMPLETE"}
-        mean, sd = modelled_objective(self.surrogates, self.weights, models.x)
-        basis = "modelled external"
-        if np.isnan(mean).all():
-            mean, sd = modelled_objective(self.surrogates, self.weights, models.x, task=0)
-            basis = "modelled dev (no external score observed yet)"
+        mean, sd, basis = self._modelled_external(models.x)
         number, value = recommend(models.numbers, mean)
         mean_dev = {
             n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights, strict=True))
@@ -616,6 +618,17 @@ class Engine:
         if final:
             self.record.audit("recommendation", round=self.config.rounds.count - 1, **result)
         return result
+
+    def _modelled_external(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """Weighted posterior mean and sd of external at ``n x d`` recipes ``x``, and the basis.
+
+        Falls back to modelled dev while no domain has an external model yet.
+        """
+        mean, sd = modelled_objective(self.surrogates, self.weights, x)
+        if np.isnan(mean).all():
+            mean, sd = modelled_objective(self.surrogates, self.weights, x, task=DEV)
+            return mean, sd, "modelled dev (no external score observed yet)"
+        return mean, sd, "modelled external"
 
     @property
     def _truth(self) -> Callable[[Candidate], dict[str, float]] | None:

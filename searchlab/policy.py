@@ -14,9 +14,11 @@ Submission policy (DESIGN.md, "spend the external budget where it informs the de
 
   i.e. confirm the best candidates where dev is trusted, and measure where the external model is
   promising and uncertain where it is not. A candidate is never submitted twice.
-
-Recommendation: the candidate with the highest modelled external score (weighted posterior mean
-of the external task), never the highest raw dev.
+- The last round: the submissions other than the probe confirm the candidates with the highest
+  modelled external score (:func:`confirm_for_recommendation`). No proposal follows, so a
+  measurement for the acquisition would inform nothing; what is left to decide is the
+  recommendation, and an observed external score at the top of the model makes it reliable.
+  The probe stays: an alarm in the last round is still evidence the user reads.
 """
 
 from __future__ import annotations
@@ -105,6 +107,28 @@ def rank_for_submission(
     )
     best = np.argsort(-score)[:k]
     return [SubmissionChoice(numbers[i], reason, float(score[i])) for i in best]
+
+
+def confirm_for_recommendation(
+    numbers: Sequence[int], modelled_external: np.ndarray, k: int
+) -> list[SubmissionChoice]:
+    """The ``k`` candidates with the highest modelled external score, for the last round.
+
+    Args:
+        numbers: ``n`` unsubmitted candidate numbers.
+        modelled_external: ``n`` weighted posterior means of the external task (or of dev, while
+            no domain has an external model).
+        k: How many to pick.
+    """
+    best = np.argsort(-np.asarray(modelled_external, dtype=float))[: max(k, 0)]
+    return [
+        SubmissionChoice(
+            numbers[i],
+            "last round: confirm the best by modelled external before recommending",
+            float(modelled_external[i]),
+        )
+        for i in best
+    ]
 
 
 def record_probe(

@@ -66,6 +66,10 @@ def test_study_runs_and_status_has_the_contract_keys(tmp_path: Path) -> None:
     assert len(subs) == 5 and len({e["candidate"] for e in subs}) == 5
     # Per-round budget respected: 2, 2, then the last 1.
     assert [sum(1 for e in subs if e["round"] == r) for r in range(3)] == [2, 2, 1]
+    # The last round's one submission (no room for a probe) confirms the top of the modelled
+    # external: no proposal follows it.
+    assert all("last round" in e["reason"] for e in subs if e["round"] == 2)
+    assert not any("last round" in e["reason"] for e in subs if e["round"] < 2)
     # Each model-based proposal records its acquisition values and the modes it used.
     model_based = [e for e in audit if e["kind"] == "proposal" and e["method"] == "qLogNEI"]
     assert len(model_based) == 2

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from searchlab.policy import rank_for_submission, recommend, record_probe, spread_by_dev
+from searchlab.policy import (
+    confirm_for_recommendation,
+    rank_for_submission,
+    recommend,
+    record_probe,
+    spread_by_dev,
+)
 
 
 def test_warm_up_spreads_over_dev_extremes_first() -> None:
@@ -45,3 +51,10 @@ def test_record_probe_picks_the_largest_per_domain_dev_record() -> None:
     assert "b" in choice.reason and choice.score == pytest.approx(2.1)
     # No candidate beats a record: no probe.
     assert record_probe(numbers, [dev_a, dev_b], [0.9, 0.9], [0.1, 0.1], ["a", "b"]) is None
+
+
+def test_last_round_confirms_the_top_of_the_modelled_external() -> None:
+    picks = confirm_for_recommendation([3, 4, 5, 6], np.array([0.61, 0.70, 0.55, 0.66]), 2)
+    assert [c.candidate for c in picks] == [4, 6]
+    assert all("last round" in c.reason for c in picks)
+    assert confirm_for_recommendation([3], np.array([0.5]), 0) == []
