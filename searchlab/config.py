@@ -185,6 +185,7 @@ class PolicyConfig(_Strict):
 
     warmup_rounds: int = Field(default=1, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    # lambda: a decoupled domain contributes external - lambda * (dev - external) (acquisition).
     dev_penalty: float = Field(default=0.5, ge=0, le=100)
     # Knots of the validity test: quantiles of warm-up dev, and offsets from the warm-up
     # maximum in warm-up sds (searchlab.validity.DetectorSettings explains the defaults).

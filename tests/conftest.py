@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,68 @@ def run_cli(
 def sqlite_url(path: Path | str) -> str:
     """An SQLAlchemy URL for an SQLite file at an absolute path."""
     return f"sqlite:///{Path(path).resolve()}"
+
+
+# The simulated back end slowed down (a sleep per training), so that signals and workers land
+# mid-round; it logs every training it starts and every submission it receives, with its process
+# id, which is how tests know what ran where independently of what searchlab stored.
+SLOW_BACKEND = textwrap.dedent(
+    """
+    import json, os, time
+    from searchlab.backends import SimulatedBackend
+
+    class SlowSimulated(SimulatedBackend):
+        def __init__(self, *, log, delay=0.3, **kw):
+            super().__init__(**kw)
+            self.log, self.delay = log, delay
+
+        def _write(self, **row):
+            with open(self.log, "a") as f:
+                f.write(json.dumps({**row, "pid": os.getpid()}) + "\\n")
+
+        def train(self, recipe, *, candidate, seed):
+            self._write(event="train", candidate=candidate)
+            time.sleep(self.delay)
+            return super().train(recipe, candidate=candidate, seed=seed)
+
+        def submit_external(self, artefact, *, submission):
+            self._write(event="submit", candidate=artefact["candidate"], submission=submission)
+            return super().submit_external(artefact, submission=submission)
+    """
+)
+
+
+def slow_study_file(
+    folder: Path,
+    *,
+    name: str,
+    seed: int,
+    delay: float,
+    candidates: int,
+    rounds: int,
+    budget: int,
+) -> tuple[Path, Path]:
+    """Writes ``slowbackend.py`` and a study on it (the tiny study's domains and space) to
+    ``folder``; ``folder`` must be on the subprocesses' PYTHONPATH.
+
+    Returns:
+        (the study file, the back end's log file).
+    """
+    (folder / "slowbackend.py").write_text(SLOW_BACKEND)
+    log = folder / f"{name}.log"
+    data = tiny_study_data()
+    data.pop("description")
+    data.update(
+        name=name,
+        seed=seed,
+        backend={
+            "name": "slowbackend:SlowSimulated",
+            "options": {"log": str(log), "delay": delay, "weak_domains": ["equations"]},
+        },
+        rounds={"candidates": candidates, "count": rounds},
+        external={"per_round": 2, "total": budget},
+    )
+    return write_yaml(folder / f"{name}.yaml", data), log
 
 
 @pytest.fixture

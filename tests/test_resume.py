@@ -1,8 +1,8 @@
 """Interrupt a running study (SIGINT, kill -9) and resume it: nothing lost, nothing twice.
 
-The back end is the simulated one slowed down (a sleep per candidate) so that the signal lands
-mid-round, and it appends every external submission it receives to a log file, which is how the
-test knows what the "leaderboard" saw, independently of what searchlab stored.
+The back end is the simulated one slowed down (``conftest.SLOW_BACKEND``: a sleep per candidate)
+so that the signal lands mid-round, and it logs every external submission it receives to a file,
+which is how the test knows what the "leaderboard" saw, independently of what searchlab stored.
 """
 
 from __future__ import annotations
@@ -12,53 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-
-SLOW_BACKEND = textwrap.dedent(
-    """
-    import json, time
-    from searchlab.backends import SimulatedBackend
-
-    class SlowSimulated(SimulatedBackend):
-        def __init__(self, *, log, delay=0.4, **kw):
-            super().__init__(**kw)
-            self.log, self.delay = log, delay
-
-        def train(self, recipe, *, candidate, seed):
-            time.sleep(self.delay)
-            return super().train(recipe, candidate=candidate, seed=seed)
-
-        def submit_external(self, artefact, *, submission):
-            with open(self.log, "a") as f:
-                f.write(json.dumps({"candidate": artefact["candidate"],
-                                    "submission": submission}) + "\\n")
-            return super().submit_external(artefact, submission=submission)
-    """
-)
-
-STUDY = """
-name: {name}
-seed: 3
-domains: [{{name: cipher}}, {{name: equations}}]
-space:
-  mixture: {{type: mixture, domains: [cipher, equations]}}
-  learning_rate: {{type: float, low: 3.1622776601683794e-06, high: 3.1622776601683794e-04,
-                  log: true}}
-  epochs: {{type: int, low: 1, high: 10}}
-  lora_rank: {{type: categorical, choices: [8, 16, 32, 64, 128]}}
-  template_share: {{type: float, low: 0.0, high: 1.0}}
-  lora_dropout: {{type: float, low: 0.0, high: 0.3}}
-backend:
-  name: slowbackend:SlowSimulated
-  options: {{log: {log}, delay: 0.4, weak_domains: [equations]}}
-rounds: {{candidates: 4, count: 3}}
-external: {{per_round: 2, total: 5}}
-policy: {{warmup_rounds: 1}}
-"""
+from conftest import slow_study_file
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -92,10 +50,9 @@ def _complete_count(db: Path, name: str) -> int:
 
 def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dict:
     name = f"resume-{sig}"
-    log = tmp_path / "submissions.log"
-    (tmp_path / "slowbackend.py").write_text(SLOW_BACKEND)
-    study = tmp_path / "study.yaml"
-    study.write_text(STUDY.format(name=name, log=log))
+    study, log = slow_study_file(
+        tmp_path, name=name, seed=3, delay=0.4, candidates=4, rounds=3, budget=5
+    )
     db = tmp_path / "s.db"
     storage = f"sqlite:///{db}"
     env = _env(tmp_path)
@@ -145,7 +102,8 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dic
             check=True,
         ).stdout
     )
-    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    sent = [r for r in rows if r["event"] == "submit"]
     return {"status": status, "audit": audit, "sent": sent, "done_before": done_before}
 
 

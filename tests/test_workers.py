@@ -18,58 +18,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-SLOW_BACKEND = textwrap.dedent(
-    """
-    import json, os, time
-    from searchlab.backends import SimulatedBackend
-
-    class SlowSimulated(SimulatedBackend):
-        def __init__(self, *, log, delay=0.3, **kw):
-            super().__init__(**kw)
-            self.log, self.delay = log, delay
-
-        def _write(self, **row):
-            with open(self.log, "a") as f:
-                f.write(json.dumps({**row, "pid": os.getpid()}) + "\\n")
-
-        def train(self, recipe, *, candidate, seed):
-            self._write(event="train", candidate=candidate)
-            time.sleep(self.delay)
-            return super().train(recipe, candidate=candidate, seed=seed)
-
-        def submit_external(self, artefact, *, submission):
-            self._write(event="submit", candidate=artefact["candidate"], submission=submission)
-            return super().submit_external(artefact, submission=submission)
-    """
-)
-
-STUDY = """
-name: {name}
-seed: 5
-domains: [{{name: cipher}}, {{name: equations}}]
-space:
-  mixture: {{type: mixture, domains: [cipher, equations]}}
-  learning_rate: {{type: float, low: 3.1622776601683794e-06, high: 3.1622776601683794e-04,
-                  log: true}}
-  epochs: {{type: int, low: 1, high: 10}}
-  lora_rank: {{type: categorical, choices: [8, 16, 32, 64, 128]}}
-  template_share: {{type: float, low: 0.0, high: 1.0}}
-  lora_dropout: {{type: float, low: 0.0, high: 0.3}}
-backend:
-  name: slowbackend:SlowSimulated
-  options: {{log: {log}, delay: {delay}, weak_domains: [equations]}}
-rounds: {{candidates: {k}, count: {rounds}}}
-external: {{per_round: 2, total: {budget}}}
-policy: {{warmup_rounds: 1}}
-"""
+from conftest import slow_study_file
 
 
 def _pg_bin() -> tuple[str, str] | None:
@@ -162,12 +118,9 @@ def _trials(url: str, name: str) -> list[tuple[int, str]]:
 class _Study:
     """A study run by a coordinator process and worker processes."""
 
-    def __init__(self, tmp_path: Path, url: str, name: str, **shape: object) -> None:
+    def __init__(self, tmp_path: Path, url: str, name: str, **shape: Any) -> None:
         self.url, self.name = url, name
-        self.log = tmp_path / f"{name}.log"
-        (tmp_path / "slowbackend.py").write_text(SLOW_BACKEND)
-        self.file = tmp_path / f"{name}.yaml"
-        self.file.write_text(STUDY.format(name=name, log=self.log, **shape))
+        self.file, self.log = slow_study_file(tmp_path, name=name, seed=5, **shape)
         self.env = _env(tmp_path)
         self.workers: list[subprocess.Popen[str]] = []
         self.coordinator: subprocess.Popen[str] | None = None
@@ -266,7 +219,7 @@ def _check_exact(study: _Study, total: int, budget: int) -> dict:
 
 
 def test_four_workers_do_every_candidate_once(tmp_path: Path, pg_url: str) -> None:
-    study = _Study(tmp_path, pg_url, "four-workers", delay=0.3, k=8, rounds=5, budget=8)
+    study = _Study(tmp_path, pg_url, "four-workers", delay=0.3, candidates=8, rounds=5, budget=8)
     try:
         study.create(lease=30)
         study.start_workers(4, lease=30, heartbeat=1)
@@ -287,7 +240,7 @@ def test_four_workers_do_every_candidate_once(tmp_path: Path, pg_url: str) -> No
 def test_killed_worker_is_replaced(tmp_path: Path, pg_url: str) -> None:
     # A long delay so the victim is still training its candidate when the signal lands, even
     # on a loaded machine (with 0.8 s the worker sometimes finished it first).
-    study = _Study(tmp_path, pg_url, "kill-worker", delay=2.5, k=4, rounds=3, budget=4)
+    study = _Study(tmp_path, pg_url, "kill-worker", delay=2.5, candidates=4, rounds=3, budget=4)
     try:
         study.create(lease=3)
         study.start_workers(2, lease=3, heartbeat=0.5)
@@ -323,7 +276,9 @@ def test_killed_worker_is_replaced(tmp_path: Path, pg_url: str) -> None:
 
 
 def test_killed_coordinator_resumes_with_running_workers(tmp_path: Path, pg_url: str) -> None:
-    study = _Study(tmp_path, pg_url, "kill-coordinator", delay=0.3, k=4, rounds=4, budget=6)
+    study = _Study(
+        tmp_path, pg_url, "kill-coordinator", delay=0.3, candidates=4, rounds=4, budget=6
+    )
     try:
         study.create(lease=10)
         study.start_workers(2, lease=10, heartbeat=0.5)
