@@ -19,6 +19,9 @@ Submission policy (DESIGN.md, "spend the external budget where it informs the de
   measurement for the acquisition would inform nothing; what is left to decide is the
   recommendation, and an observed external score at the top of the model makes it reliable.
   The probe stays: an alarm in the last round is still evidence the user reads.
+
+Recommendation: the candidate with the highest modelled external score (weighted posterior mean
+of the external task), never the highest raw dev.
 """
 
 from __future__ import annotations
