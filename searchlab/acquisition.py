@@ -13,10 +13,9 @@ The penalty is on the proxy gap ``dev_d - ext_d``, the part of dev that external
 follow, not on dev itself. Genuine skill raises both (external by a factor ``s`` near 1), so its
 coefficient stays ``s + lambda (s - 1)``, near 1, instead of ``s - lambda``; a hack that raises
 dev alone by ``a_p`` per unit and external by ``R'(D)`` gains ``(1 + lambda) R'(D) - lambda a_p``
-(notation of :mod:`searchlab.simulation`). Penalising dev itself with ``lambda = 0.5`` left the
-weak domain a genuine coefficient of about ``0.85 - 0.5 = 0.35``; in a traced simulated study
-(goodhart, seed 1, docs/RESULTS.md) the search then moved that domain's mixture weight to zero
-after the switch, giving up the external skill it had switched to find.
+(notation of :mod:`searchlab.simulation`). Penalising dev itself, ``ext - lambda * dev``, left
+genuine skill in the weak domain worth ``s - lambda``, about ``0.85 - 0.5 = 0.35`` against 1 in
+every proxy domain, a push to move the data away from the very domain the switch is about.
 
 BoTorch's ``Penalized*`` acquisitions penalise distance in input space, which is something else;
 a linear MC objective (``GenericMCObjective``) is the right tool (NOTES.md).
