@@ -342,12 +342,11 @@ def search(
                         )
                         regret, fired = _run_engine(cfg, backend, oracle_onset=onset)
                         fired_by[method].append(fired)
+                        note = f" alarms {','.join(fired) or 'none'}"
                     else:
-                        regret = _run_peer(method, config, backend)
+                        regret, note = _run_peer(method, config, backend), ""
                     per_method[method].append(regret)
                     if progress is not None:
-                        fired_now = fired_by[method][-1:] if method in ENGINE_METHODS else []
-                        note = "".join(f" alarms {','.join(f) or 'none'}" for f in fired_now)
                         progress(f"{instance} seed {seed} {method}: regret {regret:.5f}{note}")
             for method, values in per_method.items():
                 q1, q3 = np.percentile(values, [25, 75])
