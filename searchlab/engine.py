@@ -28,6 +28,7 @@ from searchlab.acquisition import DECOUPLED, PROXY, modelled_objective, propose_
 from searchlab.backends import Backend, check_external_scores
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
+from searchlab.interrupt import sigint_latch
 from searchlab.policy import (
     SubmissionChoice,
     confirm_for_recommendation,
@@ -93,6 +94,8 @@ class Engine:
         self.config = config
         self.backend = backend
         self.progress = progress or (lambda event, data: None)
+        # Raises KeyboardInterrupt at a safe point if SIGINT came (set by run()).
+        self._check_interrupt: Callable[[], None] = lambda: None
         self.space = SearchSpace(config.space)
         self.domains = config.domain_names
         self.weights = [config.weights[d] for d in self.domains]
@@ -162,20 +165,26 @@ class Engine:
             result = dict(self.record.get("recommendation") or {})
             self.progress("study_done", {**result, "seconds": 0.0})
             return result
-        self._recover()
-        for r in range(self.config.rounds.count):
-            state = self._round_state(r)
-            if _phase_at_least(state, "done"):
-                continue
-            self.progress("round_start", {"round": r, "rounds": self.config.rounds.count})
-            if not _phase_at_least(state, "proposed"):
-                self._propose(r)
-            if not _phase_at_least(self._round_state(r), "evaluated"):
-                self._evaluate(r)
-            if not _phase_at_least(self._round_state(r), "submitted"):
-                self._submit(r)
-            summary = self._finish_round(r)
-            self.progress("round_done", summary)
+        with sigint_latch() as check:
+            self._check_interrupt = check
+            self._recover()
+            for r in range(self.config.rounds.count):
+                state = self._round_state(r)
+                if _phase_at_least(state, "done"):
+                    continue
+                self.progress("round_start", {"round": r, "rounds": self.config.rounds.count})
+                if not _phase_at_least(state, "proposed"):
+                    self._propose(r)
+                check()
+                if not _phase_at_least(self._round_state(r), "evaluated"):
+                    self._evaluate(r)
+                check()
+                if not _phase_at_least(self._round_state(r), "submitted"):
+                    self._submit(r)
+                check()
+                summary = self._finish_round(r)
+                self.progress("round_done", summary)
+            check()
         result = self._recommend(final=True)
         self.record.put("finished", True)
         self.progress("study_done", {**result, "seconds": time.perf_counter() - started})
@@ -309,6 +318,7 @@ class Engine:
 
         distributions = self.space.distributions()
         while True:
+            self._check_interrupt()
             trial = self.record.start_next(distributions)
             if trial is None:
                 break
@@ -458,6 +468,7 @@ class Engine:
                     beta=self.config.policy.ucb_beta,
                 )
         for choice in choices:
+            self._check_interrupt()
             self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
         self._set_round(r, "submitted")
 

@@ -70,7 +70,7 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dic
         time.sleep(0.1)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0, "the study finished before the signal landed"
+    assert proc.returncode != 0, f"the study finished before the signal landed: {stderr[-3000:]}"
     if sig == signal.SIGINT:
         assert proc.returncode == 130
         assert "resume" in stderr
