@@ -194,28 +194,23 @@ def propose_batch(
 
 
 def modelled_objective(
-    surrogates: Sequence[DomainSurrogate],
+    predictions: Sequence[Mapping[str, np.ndarray]],
     weights: Sequence[float],
-    x: np.ndarray,
     *,
     task: int = EXTERNAL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted posterior mean (and sd, domains taken as independent) of one task.
 
     Args:
-        surrogates: Fitted surrogates, one per domain.
+        predictions: Per domain, :meth:`DomainSurrogate.predict` at ``n`` recipes (the engine
+            keeps them from its last fit, so nothing is predicted twice).
         weights: ``K`` domain weights.
-        x: ``n x d`` encoded recipes.
         task: ``EXTERNAL`` (the modelled external score) or ``DEV``.
 
     Returns:
         ``n`` means and ``n`` standard deviations; NaN where a domain has no external model.
     """
     key = "ext" if task == EXTERNAL else "dev"
-    mean = np.zeros(len(x))
-    var = np.zeros(len(x))
-    for s, w in zip(surrogates, weights, strict=True):
-        p = s.predict(x)
-        mean += w * p[f"{key}_mean"]
-        var += (w * p[f"{key}_sd"]) ** 2
-    return mean, np.sqrt(var)
+    mean = sum(w * p[f"{key}_mean"] for p, w in zip(predictions, weights, strict=True))
+    var = sum((w * p[f"{key}_sd"]) ** 2 for p, w in zip(predictions, weights, strict=True))
+    return np.asarray(mean, dtype=float), np.sqrt(np.asarray(var, dtype=float))

@@ -456,7 +456,7 @@ class Engine:
                     open_numbers = [n for n in open_numbers if n != probe.candidate]
             if r == self.config.rounds.count - 1:
                 # No proposal follows: what is left to decide is the recommendation.
-                modelled, _, _ = self._modelled_external(models.x[rows])
+                modelled, _, _ = self._modelled_external(models, rows)
                 choices += confirm_for_recommendation(open_numbers, modelled, k - len(choices))
             else:
                 choices += rank_for_submission(
@@ -605,7 +605,7 @@ class Engine:
     def _recommend(self, *, final: bool) -> dict[str, Any]:
         models = self._fit()
         done = {c.number: c for c in self.record.candidates() if c.state == "COMPLETE"}
-        mean, sd, basis = self._modelled_external(models.x)
+        mean, sd, basis = self._modelled_external(models)
         number, value = recommend(models.numbers, mean)
         mean_dev = {
             n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights, strict=True))
@@ -630,14 +630,20 @@ class Engine:
             self.record.audit("recommendation", round=self.config.rounds.count - 1, **result)
         return result
 
-    def _modelled_external(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        """Weighted posterior mean and sd of external at ``n x d`` recipes ``x``, and the basis.
+    def _modelled_external(
+        self, models: _Models, rows: list[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Weighted posterior mean and sd of external at the fitted candidates (``rows`` of
+        them, or all), and the basis; from the fit's predictions, nothing predicted again.
 
         Falls back to modelled dev while no domain has an external model yet.
         """
-        mean, sd = modelled_objective(self.surrogates, self.weights, x)
+        predictions = [
+            p if rows is None else {k: v[rows] for k, v in p.items()} for p in models.predictions
+        ]
+        mean, sd = modelled_objective(predictions, self.weights)
         if np.isnan(mean).all():
-            mean, sd = modelled_objective(self.surrogates, self.weights, x, task=DEV)
+            mean, sd = modelled_objective(predictions, self.weights, task=DEV)
             return mean, sd, "modelled dev (no external score observed yet)"
         return mean, sd, "modelled external"
 
