@@ -71,8 +71,14 @@ def run_one(url: str, tmp: Path, delay: float, workers: int) -> dict[str, float]
     record = Storage(url).create(config)
     from searchlab.backends import backend_for
 
-    backend = backend_for(config)
-    env = {**os.environ, "PYTHONPATH": str(tmp), "OMP_NUM_THREADS": "1"}
+    # slowbackend:SlowSimulated is this script's own module: trusted, in-process and in workers.
+    backend = backend_for(config, trust=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp),
+        "OMP_NUM_THREADS": "1",
+        "SEARCHLAB_TRUST_BACKEND": "1",
+    }
     procs = [
         subprocess.Popen(
             [

@@ -15,8 +15,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +33,9 @@ __all__ = [
     "OutputError",
     "check_output_dir",
     "export",
+    "open_output",
     "reanalyze",
+    "refuse_symlinks",
     "study_settings",
     "tables",
 ]
@@ -220,6 +223,9 @@ def check_output_dir(path: str | os.PathLike[str]) -> Path:
     """
     out = Path(path)
     try:
+        if out.is_symlink():
+            # Whatever it points to is not the folder that was named.
+            raise OutputError(f"output folder {str(out)!r} is a symbolic link: refusing to use it")
         if out.exists() and not out.is_dir():
             raise OutputError(f"output folder {str(out)!r} is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +237,41 @@ def check_output_dir(path: str | os.PathLike[str]) -> Path:
         reason = exc.strerror or type(exc).__name__
         raise OutputError(f"output folder {str(out)!r} cannot be written: {reason}") from None
     return out
+
+
+def refuse_symlinks(paths: Iterable[Path]) -> None:
+    """Checks, before anything is written, that no file about to be written is a symlink.
+
+    Raises:
+        OutputError: Naming the first such path.
+    """
+    for path in paths:
+        if os.path.islink(path):
+            raise OutputError(
+                f"output file {str(path)!r} is a symbolic link: refusing to write through it"
+            )
+
+
+def open_output(path: Path, *, binary: bool = False) -> IO[Any]:
+    """Opens ``path`` for writing (created or truncated) without following a symlink.
+
+    ``O_NOFOLLOW`` closes the gap between :func:`refuse_symlinks` and the write; where the
+    platform lacks it, the symlink check is repeated instead.
+
+    Raises:
+        OutputError: If ``path`` is a symbolic link or cannot be opened.
+    """
+    refuse_symlinks([path])
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if os.path.islink(path):  # ELOOP from O_NOFOLLOW: it became a link meanwhile
+            refuse_symlinks([path])
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    if binary:
+        return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w", encoding="utf-8", newline="")
 
 
 def export(record: StudyRecord, fmt: str, out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -258,17 +299,19 @@ def export(record: StudyRecord, fmt: str, out_dir: str | os.PathLike[str]) -> li
                 "--format parquet needs pyarrow: pip install pyarrow (or use csv or json)"
             ) from None
     out = check_output_dir(out_dir)
+    frames = tables(record)
+    refuse_symlinks(out / f"{name}.{fmt}" for name in frames)  # before any file is written
     written = []
-    for name, df in tables(record).items():
+    for name, df in frames.items():
         path = out / f"{name}.{fmt}"
         try:
-            if fmt == "csv":
-                df.to_csv(path, index=False)
-            elif fmt == "json":
-                text = df.to_json(orient="records", indent=2)
-                path.write_text(text + "\n", encoding="utf-8")
-            else:
-                df.to_parquet(path, index=False)
+            with open_output(path, binary=fmt == "parquet") as f:
+                if fmt == "csv":
+                    df.to_csv(f, index=False)
+                elif fmt == "json":
+                    f.write(df.to_json(orient="records", indent=2) + "\n")
+                else:
+                    df.to_parquet(f, index=False)
         except OSError as exc:
             raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
         written.append(path)
@@ -295,6 +338,8 @@ def study_settings(record: StudyRecord) -> dict[str, Any]:
         knot_offsets=tuple(float(c) for c in policy.get("knot_offsets", base.knot_offsets)),
         return_alpha=float(hysteresis.get("return_alpha", base.return_alpha)),
         min_dwell=int(hysteresis.get("min_dwell", base.min_dwell)),
+        # A study stored before policy.tracking existed ran the "slope above >= 0" test.
+        tracking=float(policy.get("tracking", 0.0)),
         **extra,
     ).to_dict()
 

@@ -2,14 +2,27 @@
 
 A back end turns a recipe into an artefact (training), an artefact into per-domain dev scores
 (evaluation), and an artefact into per-domain external scores (one submission to the scarce
-target). A study file names one by a built-in name or by import path::
+target). A study file names one in one of three ways::
 
     backend:
-      name: mypackage.cluster:SlurmBackend   # module:Class
-      options: {partition: gpu}
+      name: simulated                        # a built-in name (BUILTIN_BACKENDS)
+      name: slurm                            # an entry point of the group searchlab.backends
+      name: mypackage.cluster:SlurmBackend   # module:Class, only with --trust-backend
 
-The class is constructed as ``Class(domains=[...], weights={...}, seed=int, **options)``. This
-import path is the only code a study file can cause to run; YAML is read with ``safe_load``.
+Built-in names always work. So do the entry-point names of the group ``searchlab.backends``
+(``[project.entry-points."searchlab.backends"] slurm = "mypackage.cluster:SlurmBackend"``):
+the user installed the package that registers them, so they are code the user chose to trust.
+An arbitrary ``module:Class`` is imported only with an explicit opt-in (``--trust-backend``, or
+``SEARCHLAB_TRUST_BACKEND=1``): importing a module runs its top-level code, so without the opt-in
+a study file from someone else could run any module on the path. With the opt-in, the study
+file is as trusted as the code it names: only opt in for files you wrote or have read.
+
+Whatever the name, what it resolves to must be a class with callable ``train``, ``evaluate`` and
+``submit_external`` attributes; this is checked before anything is called, so a function
+(``torch.hub:load``, say) is refused without running. The class is then constructed as
+``Class(domains=[...], weights={...}, seed=int, **options)``. YAML is read with a safe loader
+(:func:`searchlab.config.load_study_file`) and storage holds JSON only, so the back end is the
+only code a study file can make run.
 
 Artefacts are JSON-serialisable mappings (a path to an adapter folder, say): they are stored with
 the candidate, so a later process (``resume``) can submit an artefact trained by an earlier one.
@@ -18,7 +31,10 @@ the candidate, so a later process (``resume``) can submit an artefact trained by
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import inspect
 import math
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -208,6 +224,84 @@ def import_object(path: str) -> Any:
         raise BackendError(f"backend.name {path!r}: {module_name!r} has no {attr!r}") from None
 
 
+ENTRY_POINT_GROUP = "searchlab.backends"
+TRUST_ENV = "SEARCHLAB_TRUST_BACKEND"
+_METHODS = ("train", "evaluate", "submit_external")
+_HOW_TO_TRUST = (
+    "importing a module named in a study file runs its code, so it needs an opt-in: pass "
+    f"--trust-backend (or set {TRUST_ENV}=1) if you trust this file, or register the class "
+    f"under the entry-point group {ENTRY_POINT_GROUP!r} and use its name"
+)
+
+
+def trust_from_env() -> bool:
+    """Whether ``SEARCHLAB_TRUST_BACKEND`` opts in to ``module:Class`` back ends (``1``)."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def installed_backends() -> dict[str, importlib.metadata.EntryPoint]:
+    """Back ends that installed packages register in the entry-point group, by name."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def check_backend_class(obj: Any, name: str) -> type:
+    """Checks, without calling anything, that ``obj`` is a class with the back-end methods.
+
+    Raises:
+        BackendError: naming ``backend.name`` if ``obj`` is not a class (a function such as
+            ``torch.hub:load`` is refused here, before it could run) or lacks a method.
+    """
+    if not inspect.isclass(obj):
+        raise BackendError(
+            f"backend.name {name!r} is a {type(obj).__name__}, not a class; a back end is a "
+            f"class with methods {', '.join(_METHODS)}"
+        )
+    missing = [m for m in _METHODS if not callable(getattr(obj, m, None))]
+    if missing:
+        raise BackendError(f"backend.name {name!r}: class lacks method(s) {missing}")
+    return obj
+
+
+def resolve_backend_class(name: str, *, trust: bool | None = None) -> type:
+    """Finds the back-end class a study file names, importing only what the rules allow.
+
+    Args:
+        name: A built-in name, an entry-point name of the group ``searchlab.backends``, or
+            ``module:Class``.
+        trust: Whether an arbitrary ``module:Class`` may be imported (``--trust-backend``).
+            None reads ``SEARCHLAB_TRUST_BACKEND``.
+
+    Raises:
+        BackendError: naming ``backend.name`` if the name is unknown, is a ``module:Class``
+            without the opt-in (nothing is imported then), cannot be imported, or is not a
+            back-end class.
+    """
+    if trust is None:
+        trust = trust_from_env()
+    installed = installed_backends() if name not in BUILTIN_BACKENDS else {}
+    if name in BUILTIN_BACKENDS:
+        obj = import_object(BUILTIN_BACKENDS[name])
+    elif name in installed:
+        try:
+            obj = installed[name].load()
+        except Exception as exc:  # the registering package is broken or half-installed
+            raise BackendError(
+                f"backend.name {name!r}: entry point {installed[name].value!r} cannot be "
+                f"loaded: {type(exc).__name__}: {exc}"
+            ) from None
+    elif ":" not in name:
+        known = sorted(BUILTIN_BACKENDS) + sorted(installed)
+        raise BackendError(
+            f"backend.name {name!r}: unknown back end; known: {', '.join(known)}, "
+            "or 'module:Class' with --trust-backend"
+        )
+    elif not trust:
+        raise BackendError(f"backend.name {name!r}: {_HOW_TO_TRUST}")
+    else:
+        obj = import_object(name)
+    return check_backend_class(obj, name)
+
+
 def load_backend(
     name: str,
     options: Mapping[str, Any],
@@ -215,20 +309,25 @@ def load_backend(
     domains: list[str],
     weights: Mapping[str, float],
     seed: int,
+    trust: bool | None = None,
 ) -> Backend:
     """Constructs the back end a study file names.
 
     Args:
-        name: A built-in name (``simulated``) or ``module:Class``.
+        name: A built-in name (``simulated``), an entry-point name of the group
+            ``searchlab.backends``, or ``module:Class`` (only with ``trust``).
         options: Keyword arguments for the class.
         domains: The study's domain names.
         weights: The study's objective weights.
         seed: The study seed.
+        trust: Whether an arbitrary ``module:Class`` may be imported; None reads
+            ``SEARCHLAB_TRUST_BACKEND``. Passed explicitly, not kept as global state.
 
     Raises:
-        BackendError: If the class cannot be imported, constructed, or lacks a method.
+        BackendError: If the name is not allowed, or the class cannot be imported, is not a
+            back-end class, or cannot be constructed.
     """
-    cls = import_object(BUILTIN_BACKENDS.get(name, name))
+    cls = resolve_backend_class(name, trust=trust)
     try:
         backend = cls(domains=list(domains), weights=dict(weights), seed=seed, **dict(options))
     except BackendError:
@@ -237,18 +336,24 @@ def load_backend(
         raise BackendError(
             f"backend {name!r} could not be constructed: {type(exc).__name__}: {exc}"
         ) from None
-    missing = [m for m in ("train", "evaluate", "submit_external") if not hasattr(backend, m)]
+    missing = [m for m in _METHODS if not callable(getattr(backend, m, None))]
     if missing:
         raise BackendError(f"backend {name!r} lacks method(s) {missing}")
     return backend
 
 
-def backend_for(config: StudyConfig) -> Backend:
-    """Constructs the back end a validated study configuration names (its seed included)."""
+def backend_for(config: StudyConfig, *, trust: bool | None = None) -> Backend:
+    """Constructs the back end a validated study configuration names (its seed included).
+
+    Args:
+        config: The study configuration.
+        trust: Whether a ``module:Class`` back end may be imported (see :func:`load_backend`).
+    """
     return load_backend(
         config.backend.name,
         config.backend.options,
         domains=config.domain_names,
         weights=config.weights,
         seed=config.seed,
+        trust=trust,
     )

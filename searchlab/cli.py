@@ -36,8 +36,18 @@ validity_app = typer.Typer(help="The proxy-validity test.", no_args_is_help=True
 app.add_typer(study_app, name="study")
 app.add_typer(validity_app, name="validity")
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Text from data (names, reasons, paths) is printed as text: no emoji codes here, and markup
+# only where searchlab writes it, with the data escaped (_esc) or markup=False.
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
+
+
+def _esc(value: Any) -> str:
+    """``value`` as text that rich prints verbatim (markup such as ``[/x]`` escaped)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
 
 StorageOpt = Annotated[
     str | None,
@@ -55,6 +65,21 @@ LeaseOpt = Annotated[
         help="Seconds without a heartbeat after which a worker's candidate is given away.",
     ),
 ]
+
+
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-backend",
+        help="Allow backend.name 'module:Class' to import that module, which runs its code "
+        "(also $SEARCHLAB_TRUST_BACKEND=1). Only for study files you trust.",
+    ),
+]
+
+
+def _trust(flag: bool) -> bool | None:
+    # The flag opts in; without it None lets the loader read $SEARCHLAB_TRUST_BACKEND.
+    return True if flag else None
 
 
 def _storage_url(storage: str | None) -> str:
@@ -95,11 +120,15 @@ class _Display:
         elif event == "candidate_start":
             self.status.update(f"round {data['round'] + 1}: candidate {data['candidate']}")
         elif event == "candidate_failed":
-            err.print(f"  candidate {data['candidate']} failed: {data['reason']}")
+            err.print(
+                f"  candidate {data['candidate']} failed: {data['reason']}",
+                markup=False,
+                soft_wrap=True,
+            )
         elif event == "mode_switch":
             err.print(
-                f"  [bold]{data['domain']}[/bold] -> {data['to']} "
-                f"(after candidate {data['candidate']}'s external score)"
+                f"  [bold]{_esc(data['domain'])}[/bold] -> {_esc(data['to'])} "
+                f"(after candidate {_esc(data['candidate'])}'s external score)"
             )
         elif event == "round_done":
             modes = data["modes"]
@@ -109,7 +138,8 @@ class _Display:
                 f"best dev {data['best_dev']:.3f}, "
                 f"best modelled external {_fmt(data['modelled_external'])}, "
                 f"decoupled: {', '.join(decoupled) or 'none'}, alarms {data['alarms']}, "
-                f"external budget left {data['budget_left']}"
+                f"external budget left {data['budget_left']}",
+                markup=False,
             )
         elif event == "study_done":
             self.close()
@@ -124,10 +154,10 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _load_backend(config: Any) -> Any:
+def _load_backend(config: Any, trust: bool | None = None) -> Any:
     from searchlab.backends import backend_for
 
-    return backend_for(config)
+    return backend_for(config, trust=trust)
 
 
 def _run(
@@ -138,24 +168,49 @@ def _run(
     *,
     external_workers: bool = False,
     lease_s: float = 60.0,
+    trust: bool | None = None,
+    study_lease: Any = None,
 ) -> None:
-    from searchlab.engine import Engine, status
+    import contextlib
 
-    _quiet_libraries()
-    backend = backend if backend is not None else _load_backend(config)
-    display = _Display(config.domain_names, quiet)
-    try:
-        Engine(
-            record=record,
-            config=config,
-            backend=backend,
-            progress=display,
-            external_workers=external_workers,
-            lease_s=lease_s,
-        ).run()
-    finally:
-        display.close()
+    # One engine per study: the study lease is held while the engine runs (a second create,
+    # resume or coordinator exits 2 naming the holder), taken before the engine (torch) and the
+    # back end are loaded. `study create` passes the lease it took before the study existed.
+    held = study_lease if study_lease is not None else record.lease()
+    with contextlib.nullcontext(held) if study_lease is not None else held:
+        # What was read before the lease was taken may be stale: the last holder wrote on.
+        record.refresh()
+        if study_lease is None and held.taken_over is not None:
+            _audit_takeover(record, held)
+        from searchlab.engine import Engine, status
+
+        _quiet_libraries()
+        backend = backend if backend is not None else _load_backend(config, trust)
+        display = _Display(config.domain_names, quiet)
+        try:
+            Engine(
+                record=record,
+                config=config,
+                backend=backend,
+                progress=display,
+                external_workers=external_workers,
+                lease_s=lease_s,
+                guard=held.check,
+            ).run()
+        finally:
+            display.close()
     _print_summary(status(record))
+
+
+def _audit_takeover(record: Any, held: Any) -> None:
+    """Records (and says) that this process took the study over from a holder that stopped."""
+    fields = held.takeover_fields()
+    record.audit("lease_takeover", round=None, **fields)
+    err.print(
+        f"took study {record.name!r} over from {held.taken_over.describe()}: {fields['reason']}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -164,10 +219,11 @@ def _print_summary(s: dict[str, Any]) -> None:
     out.print(
         f"study {s['name']}: {s['rounds_done']}/{s['rounds_total']} rounds, "
         f"{s['candidates']} candidates, external budget used {s['external_budget']['used']}"
-        f"/{s['external_budget']['total']}"
+        f"/{s['external_budget']['total']}",
+        markup=False,
     )
     alarms = ", ".join(f"{a['domain']} (candidate {a['candidate']})" for a in s["alarms"])
-    out.print(f"alarms: {alarms or 'none'}")
+    out.print(f"alarms: {alarms or 'none'}", markup=False)
     out.print(
         f"recommendation: candidate {rec.get('candidate')}, modelled external "
         f"{_fmt(rec.get('modelled_external'))}"
@@ -175,12 +231,14 @@ def _print_summary(s: dict[str, Any]) -> None:
             f", true external {_fmt(rec.get('true_external'))}, regret {_fmt(rec.get('regret'))}"
             if "regret" in rec
             else ""
-        )
+        ),
+        markup=False,
     )
     if "regret" in best:
         out.print(
             f"best-dev candidate: {best.get('candidate')}, true external "
-            f"{_fmt(best.get('true_external'))}, regret {_fmt(best.get('regret'))}"
+            f"{_fmt(best.get('true_external'))}, regret {_fmt(best.get('regret'))}",
+            markup=False,
         )
 
 
@@ -199,6 +257,7 @@ def study_create(
         ),
     ] = False,
     lease: LeaseOpt = 60.0,
+    trust_backend: TrustOpt = False,
 ) -> None:
     """Create a study from FILE and run it to the end."""
     from searchlab.config import load_study_file
@@ -208,9 +267,20 @@ def study_create(
     if name is not None or seed is not None:
         config = config.with_overrides(name=name, seed=seed)
     # Load the back end before storing anything: a broken back end must not leave a study behind.
-    backend = _load_backend(config)
-    record = Storage(_storage_url(storage), create=True).create(config)
-    _run(record, config, quiet, backend, external_workers=external_workers, lease_s=lease)
+    backend = _load_backend(config, _trust(trust_backend))
+    store = Storage(_storage_url(storage), create=True)
+    # The lease first: the study is run by this process from the moment it exists.
+    with store.lease(config.name) as held:
+        record = store.create(config)
+        _run(
+            record,
+            config,
+            quiet,
+            backend,
+            external_workers=external_workers,
+            lease_s=lease,
+            study_lease=held,
+        )
 
 
 @study_app.command("resume")
@@ -218,6 +288,7 @@ def study_resume(
     name: Annotated[str, typer.Argument(help="The study name.")],
     storage: StorageOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    trust_backend: TrustOpt = False,
 ) -> None:
     """Continue an interrupted study at its first unfinished step."""
     from searchlab.config import StudyConfig
@@ -225,7 +296,7 @@ def study_resume(
 
     record = Storage(_storage_url(storage)).load(name)
     config = StudyConfig.model_validate(record.config_data)
-    _run(record, config, quiet)
+    _run(record, config, quiet, trust=_trust(trust_backend))
 
 
 @app.command("coordinator")
@@ -234,6 +305,7 @@ def coordinator(
     storage: StorageOpt = None,
     lease: LeaseOpt = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    trust_backend: TrustOpt = False,
 ) -> None:
     """Run (or resume) a study whose candidates 'searchlab worker' processes train."""
     from searchlab.config import StudyConfig
@@ -241,7 +313,7 @@ def coordinator(
 
     record = Storage(_storage_url(storage)).load(name)
     config = StudyConfig.model_validate(record.config_data)
-    _run(record, config, quiet, external_workers=True, lease_s=lease)
+    _run(record, config, quiet, external_workers=True, lease_s=lease, trust=_trust(trust_backend))
 
 
 @app.command("worker")
@@ -260,6 +332,7 @@ def worker(
     max_candidates: Annotated[
         int | None, typer.Option("--max-candidates", min=1, help="Stop after this many.")
     ] = None,
+    trust_backend: TrustOpt = False,
 ) -> None:
     """Train and evaluate the study's proposed candidates until it is finished."""
     import logging
@@ -275,6 +348,7 @@ def worker(
         heartbeat_s=heartbeat if heartbeat is not None else min(5.0, lease / 12),
         idle_exit_s=idle_exit,
         max_candidates=max_candidates,
+        trust=_trust(trust_backend),
     )
     out.print(
         f"worker: {counts['done']} candidates done, {counts['failed']} failed, "
@@ -296,9 +370,9 @@ def study_status(
     if as_json:
         print(json.dumps(s, indent=2, sort_keys=True))
         return
-    table = Table("domain", "mode", "statistic", "threshold", title=f"study {name}")
+    table = Table("domain", "mode", "statistic", "threshold", title=f"study {_esc(name)}")
     for d, v in s["domains"].items():
-        table.add_row(d, v["mode"], _fmt(v["statistic"]), _fmt(v["threshold"]))
+        table.add_row(_esc(d), _esc(v["mode"]), _fmt(v["statistic"]), _fmt(v["threshold"]))
     out.print(table)
     _print_summary(s)
 
@@ -307,13 +381,19 @@ def study_status(
 def study_list(storage: StorageOpt = None) -> None:
     """The searchlab studies in the storage."""
     from searchlab.engine import status
-    from searchlab.store import Storage
+    from searchlab.store import Storage, redact
 
     store = Storage(_storage_url(storage))
-    for name in store.names():
+    names = store.names()
+    if not names:
+        err.print(f"no searchlab studies in {redact(store.url)}", markup=False, soft_wrap=True)
+    for name in names:
         s = status(store.load(name))
         state = "finished" if s["finished"] else f"{s['rounds_done']}/{s['rounds_total']} rounds"
-        out.print(f"{name}\t{state}\t{s['candidates']} candidates\t{len(s['alarms'])} alarm(s)")
+        out.print(
+            f"{name}\t{state}\t{s['candidates']} candidates\t{len(s['alarms'])} alarm(s)",
+            markup=False,
+        )
 
 
 @study_app.command("audit")
@@ -335,22 +415,29 @@ def study_audit(
         out.print(
             f"[{e['seq']:4d}] round {r} {e['kind']}: {json.dumps(fields, default=str)}",
             soft_wrap=True,
+            markup=False,
         )
 
 
 @study_app.command("validate")
-def study_validate(file: Annotated[str, typer.Argument(help="The study file (YAML).")]) -> None:
+def study_validate(
+    file: Annotated[str, typer.Argument(help="The study file (YAML).")],
+    trust_backend: TrustOpt = False,
+) -> None:
     """Check a study file without running it (the back end is loaded, not run)."""
     from searchlab.config import load_study_file
 
     config = load_study_file(file)
-    backend = _load_backend(config)
+    # Constructs only what the loader allows: a 'module:Class' without the opt-in is refused
+    # before its module is imported.
+    backend = _load_backend(config, _trust(trust_backend))
     # A back end may report what only a run would find (data or model files not there yet).
     for problem in getattr(backend, "preflight", list)():
-        out.print(f"warning: {problem}", soft_wrap=True)
+        out.print(f"warning: {problem}", soft_wrap=True, markup=False)
     out.print(
         f"{file}: ok ({config.name}: {len(config.domains)} domains, "
-        f"{config.total_candidates} candidates, external budget {config.external.total})"
+        f"{config.total_candidates} candidates, external budget {config.external.total})",
+        markup=False,
     )
 
 
@@ -369,7 +456,7 @@ def study_export(
         raise OutputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     record = Storage(_storage_url(storage)).load(name)
     for path in export(record, fmt, out_dir):
-        out.print(str(path))
+        out.print(str(path), markup=False, soft_wrap=True)
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -424,11 +511,14 @@ def study_analyze(
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return
-    out.print(f"study {name}: {result['pairs']} (dev, external) pairs in submission order")
-    out.print(f"dev used: {result['dev_source_note']}")
+    out.print(
+        f"study {name}: {result['pairs']} (dev, external) pairs in submission order",
+        markup=False,
+    )
+    out.print(f"dev used: {result['dev_source_note']}", markup=False, soft_wrap=True)
     base = result["study_settings"]
     changed = ", ".join(f"{k} {v} (study {base.get(k)})" for k, v in result["changed"].items())
-    out.print(f"settings: {changed or 'as in the study'}")
+    out.print(f"settings: {changed or 'as in the study'}", markup=False, soft_wrap=True)
     out.print(
         "first switch to decoupled, as candidate (pair): in the study (its audit), replayed "
         "with the study's settings on the dev above, and with the new settings"
@@ -437,12 +527,12 @@ def study_analyze(
     for d, v in result["domains"].items():
         new = v["reanalysis"]
         table.add_row(
-            d,
-            describe_switch(v["study"]["first_switch"]),
-            describe_switch(v["replay"]["first_switch"]),
-            describe_switch(new["first_switch"]),
+            _esc(d),
+            _esc(describe_switch(v["study"]["first_switch"])),
+            _esc(describe_switch(v["replay"]["first_switch"])),
+            _esc(describe_switch(new["first_switch"])),
             f"{_fmt(new['max_statistic'])} / {_fmt(v['threshold'])}",
-            v["change"],
+            _esc(v["change"]),
         )
     out.print(table, soft_wrap=True)
 
@@ -462,31 +552,56 @@ def study_report(
     check_output_dir(out_dir)
     written = write_report(record, out_dir)
     for path in [written["html"], *written["png"], written["summary"]]:
-        out.print(str(path))
+        out.print(str(path), markup=False, soft_wrap=True)
 
 
 @app.command("dashboard")
 def dashboard(
     storage: StorageOpt = None,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    # Range checked by searchlab.dashboard.access: one 'error:' line, not a usage box.
+    port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8080,
     host: Annotated[
         str, typer.Option(help="Address to listen on (default loopback: the dashboard can edit).")
     ] = "127.0.0.1",
     publish: Annotated[
         bool, typer.Option(help="First write the searchlab figures and note into every study.")
     ] = True,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow a host other than loopback. There is no authentication: anyone who "
+            "reaches the port can read the studies.",
+        ),
+    ] = False,
+    allow_writes: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-writes/--read-only",
+            help="Serve requests other than GET and HEAD (edits, deletions). Default: allowed on "
+            "loopback, refused (405) elsewhere.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve optuna-dashboard on the study storage, with searchlab's figures and notes."""
-    from searchlab.dashboard import serve
+    from searchlab.dashboard import access, serve
     from searchlab.store import Storage
 
+    # Host and port first: a refused address must not wait for the storage.
+    access(host, port, allow_remote=allow_remote, allow_writes=allow_writes)
     store = Storage(_storage_url(storage))
     serve(
         store,
         host=host,
         port=port,
         publish_first=publish,
-        on_ready=lambda url: err.print(f"optuna-dashboard on {url} (Ctrl-C stops it)"),
+        allow_remote=allow_remote,
+        allow_writes=allow_writes,
+        on_warning=lambda line: err.print(line, markup=False, soft_wrap=True),
+        on_ready=lambda url: err.print(
+            f"optuna-dashboard on {url} (Ctrl-C stops it)", markup=False, soft_wrap=True
+        ),
     )
 
 
@@ -520,7 +635,7 @@ def validity_calibrate(
         print(json.dumps(result, indent=2, sort_keys=True))
         return
     for key, value in result.items():
-        out.print(f"{key}: {value}")
+        out.print(f"{key}: {value}", markup=False)
 
 
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
@@ -603,8 +718,8 @@ def bench_search(
     table = Table("instance", "method", "median regret", "IQR", "seeds")
     for r in rows:
         table.add_row(
-            r["instance"],
-            r["method"],
+            _esc(r["instance"]),
+            _esc(r["method"]),
             f"{r['median_regret']:.4f}",
             f"{r['iqr']:.4f}",
             str(r["seeds"]),
@@ -612,8 +727,21 @@ def bench_search(
     out.print(table)
 
 
+def _interrupted_code() -> int:
+    """130 after SIGINT (Ctrl-C), 143 after SIGTERM: 128 + the signal, as shells report it."""
+    import signal
+
+    from searchlab.interrupt import received
+
+    return 143 if received() == signal.SIGTERM else 130
+
+
 def main() -> None:
-    """Console entry point: one-line errors, exit status 2; 130 on interrupt."""
+    """Console entry point: one-line errors, exit status 2; 130 on interrupt, 143 on SIGTERM."""
+    from searchlab.interrupt import install_sigterm
+
+    # SIGTERM unwinds like Ctrl-C (the study lease is released, the candidate re-proposed).
+    install_sigterm()
     try:
         code = app(standalone_mode=False)
     except SearchlabError as exc:
@@ -623,7 +751,7 @@ def main() -> None:
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")
-        sys.exit(130)
+        sys.exit(_interrupted_code())
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -634,6 +762,7 @@ def main() -> None:
         raise
     if code == 130:  # Typer turns KeyboardInterrupt into exit code 130
         err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")
+        code = _interrupted_code()
     sys.exit(code if isinstance(code, int) else 0)
 
 

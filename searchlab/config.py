@@ -16,6 +16,29 @@ Example (``studies/goodhart-sim.yaml`` is the full one)::
     rounds: {candidates: 8, count: 8}
     external: {per_round: 2, total: 16}
     policy: {alpha: 0.05, dev_penalty: 0.5}
+
+A study file may come from someone else, so its size is bounded where the engine would otherwise
+hang, overflow or produce NaN (each limit is a module constant):
+
+- the file is at most ``MAX_FILE_BYTES`` (1 MiB) and nested at most ``MAX_DEPTH`` (32) levels;
+  YAML anchors, aliases (``&a``/``*a``: a 1 KB alias bomb expands to gigabytes) and merge keys
+  are refused, and so is a key given twice in one mapping (YAML would silently keep the last);
+- names (study, domains) are 1-100 letters, digits, ``.``, ``_``, ``-``: no control characters,
+  no trailing newline; the description is at most 10,000 characters;
+- at most ``MAX_DOMAINS`` (32) domains: each domain costs one GP fit and one validity test per
+  round; at most ``MAX_PARAMS`` (64) parameters;
+- ``int`` parameters span at most ``MAX_INT_SPAN`` (10,000) values (log scale included: every
+  integer is an allowed value of the mixed optimiser, and an unbounded range has no grid), with
+  bounds within ±1e9; use a ``float`` with ``log: true`` and round in the back end for wider
+  ranges;
+- ``float`` bounds are finite and within ±``MAX_FLOAT_BOUND`` (1e6): the encoding divides by
+  ``high - low``, which overflows to ``inf`` for ±1e308 and made every proposal NaN;
+- at most ``MAX_CHOICES`` (1,000) categorical choices, no two of which compare equal or print
+  alike (``0``/``false``, ``1``/``1.0``/``"1"``/``true``): storage, exports and the choice index
+  could not tell them apart;
+- ``seed`` is in 0..2**32-1 (NumPy's and torch's seed range, with room for derived seeds);
+- ``rounds.candidates`` is at least 2: the validity test fixes its knots from the spread of at
+  least two warm-up candidates.
 """
 
 from __future__ import annotations
@@ -37,9 +60,24 @@ from pydantic import (
 
 from searchlab.errors import StudyFileError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Matched with fullmatch: "$" alone would accept a trailing newline ("small\n").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # Pydantic puts the discriminator value into error locations; drop it from field paths.
 _SPACE_TAGS = {"float", "int", "categorical", "mixture"}
+
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_DOMAINS = 32
+MAX_PARAMS = 64
+MAX_INT_SPAN = 10_000
+MAX_INT_BOUND = 10**9
+MAX_FLOAT_BOUND = 1e6
+MAX_CHOICES = 1_000
+MAX_SEED = 2**32 - 1
+MAX_DESCRIPTION = 10_000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # \t and \n are text
 
 
 class _Strict(BaseModel):
@@ -59,6 +97,42 @@ def _check_range(low: float, high: float, log: bool) -> None:
         raise ValueError(f"log scale needs low > 0, got low={low}")
 
 
+def _within(value: float, limit: float, what: str) -> None:
+    if abs(value) > limit:
+        raise ValueError(f"{what}={value!r:.40} is outside [-{limit:g}, {limit:g}]")
+
+
+def _choice_key(value: Any) -> str:
+    """How a categorical choice prints in storage, exports and the dashboard.
+
+    Two choices with one key cannot be told apart there (and ``0 == False``, ``1 == 1.0`` also
+    collide in ``list.index``): ``1``, ``1.0``, ``"1"`` and ``" 1 "`` share the key ``1``;
+    ``true`` and ``"True"`` share ``true``.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    try:
+        number = float(text)
+    except ValueError:
+        return str(value)
+    return _choice_key(number) if math.isfinite(number) else str(value)
+
+
+def _check_text(value: str, what: str, limit: int, *, lines: bool = False) -> None:
+    """At most ``limit`` characters, no control characters (tabs and newlines if ``lines``)."""
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long, at most {limit} are allowed")
+    if (_CONTROL_BUT_LINES if lines else _CONTROL).search(value):
+        raise ValueError(f"{what} contains control characters")
+
+
 class DomainConfig(_Strict):
     """A scored domain of the study and its weight in the objective."""
 
@@ -68,8 +142,11 @@ class DomainConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"domain name {value!r} must match {_NAME.pattern}")
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"domain name {value[:120]!r} must be 1-100 characters of letters, digits, "
+                "'.', '_', '-'"
+            )
         return value
 
     @field_validator("weight")
@@ -81,7 +158,11 @@ class DomainConfig(_Strict):
 
 
 class FloatParam(_Strict):
-    """A real-valued knob, optionally searched on a log scale."""
+    """A real-valued knob, optionally searched on a log scale.
+
+    Bounds are finite and within ±``MAX_FLOAT_BOUND`` (1e6), ``low < high``, and ``low > 0`` on
+    a log scale: the encoding divides by ``high - low``, which is ``inf`` for ±1e308.
+    """
 
     type: Literal["float"]
     low: float
@@ -90,12 +171,20 @@ class FloatParam(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> FloatParam:
-        _check_range(_finite(self.low, "low"), _finite(self.high, "high"), self.log)
+        for what, value in (("low", self.low), ("high", self.high)):
+            _within(_finite(value, what), MAX_FLOAT_BOUND, what)
+        _check_range(self.low, self.high, self.log)
         return self
 
 
 class IntParam(_Strict):
-    """An integer knob (epochs, steps)."""
+    """An integer knob (epochs, steps).
+
+    ``high - low`` is at most ``MAX_INT_SPAN`` (10,000), on a log scale too: every integer in
+    the range is an allowed value of the mixed optimiser (:meth:`SearchSpace.discrete_dims`),
+    so a range of 1e12 would never finish listing them. Bounds are within ±1e9 (exact as
+    floats). A wider knob is a ``float`` with ``log: true``, rounded by the back end.
+    """
 
     type: Literal["int"]
     low: int
@@ -104,12 +193,23 @@ class IntParam(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> IntParam:
+        for what, value in (("low", self.low), ("high", self.high)):
+            _within(value, MAX_INT_BOUND, what)
         _check_range(self.low, self.high, self.log)
+        if self.high - self.low > MAX_INT_SPAN:
+            raise ValueError(
+                f"high - low = {self.high - self.low} is over {MAX_INT_SPAN} values; use a "
+                "float with log: true for a wider range"
+            )
         return self
 
 
 class CategoricalParam(_Strict):
-    """A choice among listed values (strings, numbers or booleans)."""
+    """A choice among listed values (strings, numbers or booleans).
+
+    2 to ``MAX_CHOICES`` (1,000) choices, no two of which compare equal or print alike
+    (:func:`_choice_key`), and booleans not mixed with numbers (``true == 1``).
+    """
 
     type: Literal["categorical"]
     choices: list[str | int | float | bool]
@@ -117,13 +217,25 @@ class CategoricalParam(_Strict):
     @field_validator("choices")
     @classmethod
     def _choices(cls, value: list[Any]) -> list[Any]:
-        if len(value) < 2:
-            raise ValueError(f"needs at least 2 choices, got {len(value)}")
-        if len({repr(v) for v in value}) != len(value):
-            raise ValueError("choices must be distinct")
+        if not 2 <= len(value) <= MAX_CHOICES:
+            raise ValueError(f"needs 2 to {MAX_CHOICES} choices, got {len(value)}")
         for v in value:
             if isinstance(v, float):
                 _finite(v, "a choice")
+            elif isinstance(v, str):
+                _check_text(v, "a choice", 1000)
+        kinds = {type(v) for v in value}
+        if bool in kinds and kinds & {int, float}:
+            raise ValueError("choices mix booleans with numbers (true == 1, false == 0)")
+        seen: dict[str, Any] = {}
+        for v in value:
+            key = _choice_key(v)
+            if key in seen:
+                raise ValueError(
+                    f"choices {seen[key]!r} and {v!r} collide: they compare equal or print "
+                    "alike; list each value once"
+                )
+            seen[key] = v
         return value
 
 
@@ -149,18 +261,29 @@ ParamConfig = Annotated[
 
 
 class BackendConfig(_Strict):
-    """A built-in back end by name (``simulated``) or a user's class as ``module:Class``."""
+    """A back end: a built-in name (``simulated``), an installed entry-point name, or
+    ``module:Class`` (imported only with ``--trust-backend``: :mod:`searchlab.backends`)."""
 
-    name: str
+    name: str = Field(min_length=1, max_length=200)
     options: dict[str, Any] = Field(default_factory=dict)
     # Seconds one candidate's train + evaluate may take before it is failed (None: no limit).
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        _check_text(value, "the back-end name", 200)
+        return value
+
 
 class RoundsConfig(_Strict):
-    """A round trains ``candidates`` recipes as one batch; a study runs ``count`` rounds."""
+    """A round trains ``candidates`` recipes as one batch; a study runs ``count`` rounds.
 
-    candidates: int = Field(ge=1, le=1024)
+    At least 2 candidates: the validity test fixes its knots from the spread (a standard
+    deviation) of the warm-up candidates' dev, which needs two of them.
+    """
+
+    candidates: int = Field(ge=2, le=1024)
     count: int = Field(ge=1, le=10_000)
 
 
@@ -183,7 +306,7 @@ class HysteresisConfig(_Strict):
 class PolicyConfig(_Strict):
     """Warm-up, detector level, dev penalty and acquisition settings."""
 
-    warmup_rounds: int = Field(default=1, ge=1)
+    warmup_rounds: int = Field(default=1, ge=1, le=10_000)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     # lambda: a decoupled domain contributes external - lambda * (dev - external) (acquisition).
     dev_penalty: float = Field(default=0.5, ge=0, le=100)
@@ -196,6 +319,9 @@ class PolicyConfig(_Strict):
     # anytime-valid whatever the data, conservative). A number: a threshold calibrated by
     # simulation (`searchlab validity calibrate --threshold T`), valid as far as the streams are.
     threshold: float | None = Field(default=None, gt=1, le=1e12)
+    # kappa: a domain's proxy is valid while external rises with dev, in the dev-record region,
+    # at no less than this fraction of the rate just below it (plateau and fall are both below).
+    tracking: float = Field(default=0.25, gt=0, lt=1)
     switch: bool = True  # False: never leave proxy mode (the dev-only baseline)
     ucb_beta: float = Field(default=1.0, ge=0, le=100)
 
@@ -221,10 +347,11 @@ class PolicyConfig(_Strict):
 
 
 class StudyConfig(_Strict):
-    """A validated study file."""
+    """A validated study file (the module docstring lists its limits)."""
 
     name: str
-    seed: int = 0
+    # NumPy's seed range; derived seeds (seed * 100_003 + candidate) stay within torch's.
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     domains: list[DomainConfig]
     space: dict[str, ParamConfig]
     backend: BackendConfig
@@ -236,10 +363,17 @@ class StudyConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError(
-                f"study name {value!r} must be 1-100 characters of letters, digits, '.', '_', '-'"
+                f"study name {value[:120]!r} must be 1-100 characters of letters, digits, '.', "
+                "'_', '-'"
             )
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _description_ok(cls, value: str) -> str:
+        _check_text(value, "the description", MAX_DESCRIPTION, lines=True)
         return value
 
     @field_validator("domains")
@@ -247,6 +381,9 @@ class StudyConfig(_Strict):
     def _domains_ok(cls, value: list[DomainConfig]) -> list[DomainConfig]:
         if not value:
             raise ValueError("at least one domain is needed")
+        if len(value) > MAX_DOMAINS:
+            # Each domain costs one GP fit and one validity test per round.
+            raise ValueError(f"at most {MAX_DOMAINS} domains are allowed, got {len(value)}")
         names = [d.name for d in value]
         if len(set(names)) != len(names):
             raise ValueError(f"domain names must be distinct, got {names}")
@@ -262,9 +399,13 @@ class StudyConfig(_Strict):
     def _space_ok(cls, value: dict[str, Any]) -> dict[str, Any]:
         if not value:
             raise ValueError("the search space is empty")
+        if len(value) > MAX_PARAMS:
+            raise ValueError(f"at most {MAX_PARAMS} parameters are allowed, got {len(value)}")
         for key in value:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
-                raise ValueError(f"parameter name {key!r} must be an identifier")
+            if not _PARAM_NAME.fullmatch(key):
+                raise ValueError(
+                    f"parameter name {key[:80]!r} must be an identifier of at most 64 characters"
+                )
         return value
 
     @model_validator(mode="after")
@@ -335,6 +476,15 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _short_repr(value: Any, limit: int = 120) -> str:
+    """``repr`` cut to ``limit`` characters: a hostile value must not flood the error line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def validate_study(data: Any, *, source: str) -> StudyConfig:
     """Validates a parsed study document.
 
@@ -366,28 +516,132 @@ def validate_study(data: Any, *, source: str) -> StudyConfig:
         elif err["type"] == "missing":
             message = "required field is missing"
         elif "input" in err and err["type"] not in ("value_error",):
-            message += f" (got {err['input']!r})"
+            message += f" (got {_short_repr(err['input'])})"
         raise StudyFileError(source, path, message) from None
+
+
+class _RefusedYAML(yaml.YAMLError):
+    """YAML that parses but a study file may not use (an alias, a duplicate key, deep nesting)."""
+
+    def __init__(self, message: str, mark: Any, path: str = "") -> None:
+        self.message = message
+        self.mark = mark
+        self.path = path
+        super().__init__(message)
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors, aliases, merge keys or duplicate keys.
+
+    The safe loader constructs no Python objects, but it still expands aliases (a 1.2 KB
+    "billion laughs" file becomes gigabytes once validated) and keeps the last of two equal
+    keys silently. Anchors are refused when composed, before any alias could be expanded.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._paths: dict[int, str] = {}  # id(mapping node) -> its field path, for errors
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _RefusedYAML(
+                f"YAML aliases (*{event.anchor}) are not allowed in a study file", event.start_mark
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise _RefusedYAML(
+                f"YAML anchors (&{event.anchor}) are not allowed in a study file", event.start_mark
+            )
+        # The composer recurses once per level: bound it before Python's recursion limit.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _RefusedYAML(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        # Record each mapping's field path, so that construct_mapping can name it.
+        stack: list[tuple[Any, str]] = [(node, "")]
+        while stack:
+            current, path = stack.pop()
+            if isinstance(current, yaml.MappingNode):
+                self._paths[id(current)] = path
+                for key, value in current.value:
+                    name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                    stack.append((value, f"{path}.{name}" if path else name))
+            elif isinstance(current, yaml.SequenceNode):
+                stack.extend((item, f"{path}[{i}]") for i, item in enumerate(current.value))
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            path = self._paths.get(id(node), "")
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _RefusedYAML(
+                        "YAML merge keys (<<) are not allowed in a study file",
+                        key_node.start_mark,
+                        path,
+                    )
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the safe loader reports it
+                    continue
+                if first is not None:
+                    field = f"{path}.{key}" if path else str(key)
+                    raise _RefusedYAML(
+                        f"duplicate key {key!r} (first given on line {first})",
+                        key_node.start_mark,
+                        field,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """Parses a study file's text with :class:`_StudyLoader`; errors name line and column."""
+    loader = _StudyLoader(text)
+    try:
+        return loader.get_single_data()
+    except _RefusedYAML as exc:
+        where = f"line {exc.mark.line + 1}, column {exc.mark.column + 1}: " if exc.mark else ""
+        raise StudyFileError(source, exc.path, f"{where}{exc.message}") from None
+    except ValueError as exc:  # an integer past Python's digit limit, say
+        raise StudyFileError(source, "", f"malformed YAML: {exc}") from None
+    finally:
+        loader.dispose()
 
 
 def load_study_file(path: str | Path) -> StudyConfig:
     """Reads and validates a study file.
 
     Args:
-        path: The YAML file.
+        path: The YAML file (at most ``MAX_FILE_BYTES``).
 
     Raises:
-        StudyFileError: If the file is missing, unreadable, not YAML, or invalid.
+        StudyFileError: If the file is missing, unreadable, too large, not YAML, uses YAML a
+            study file may not (anchors, aliases, merge or duplicate keys), or is invalid.
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # read no more than the limit, whatever the file
+        if len(raw) > MAX_FILE_BYTES:
+            raise StudyFileError(source, "", f"larger than {MAX_FILE_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise StudyFileError(source, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StudyFileError(source, "", f"cannot read: {exc}") from None
     try:
-        data = yaml.safe_load(text)  # safe_load: a study file never constructs Python objects
+        # A safe loader: a study file never constructs Python objects.
+        data = _parse_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -16,7 +16,9 @@ unfinished step: no finished candidate is redone, no submission is sent twice.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +30,11 @@ from searchlab.acquisition import DECOUPLED, PROXY, modelled_objective, propose_
 from searchlab.backends import Backend, check_external_scores
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
-from searchlab.interrupt import sigint_latch
+from searchlab.interrupt import SignalLatch, received, sigint_latch
 from searchlab.policy import (
     SubmissionChoice,
     confirm_for_recommendation,
+    implausible_domains,
     rank_for_submission,
     recommend,
     record_probe,
@@ -58,6 +61,8 @@ class _Models:
     numbers: list[int] = field(default_factory=list)  # completed candidates, in order
     x: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # n x d
     predictions: list[dict[str, np.ndarray]] = field(default_factory=list)  # per domain
+    # Per domain, a dev-only GP's mean at the candidates (the validity test's dev); lazily.
+    test_dev: list[np.ndarray] | None = None
 
 
 class Engine:
@@ -74,6 +79,8 @@ class Engine:
         lease_s: With external workers: a RUNNING candidate whose last heartbeat (or start,
             if it has none) is older than this is taken away from its worker and re-proposed.
         poll_s: With external workers: seconds between looks at the round's candidates.
+        guard: Called at every safe point; raises to stop the run (the CLI passes the study
+            lease's check, which raises once another process took the study over).
     """
 
     def __init__(
@@ -86,16 +93,19 @@ class Engine:
         external_workers: bool = False,
         lease_s: float = 60.0,
         poll_s: float = 0.5,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.record = record
+        self.guard = guard or (lambda: None)
         self.external_workers = external_workers
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.config = config
         self.backend = backend
         self.progress = progress or (lambda event, data: None)
-        # Raises KeyboardInterrupt at a safe point if SIGINT came (set by run()).
-        self._check_interrupt: Callable[[], None] = lambda: None
+        # Raises KeyboardInterrupt at a safe point if SIGINT or SIGTERM came (set by run()).
+        self._check_interrupt: Callable[[], None] = self.guard
+        self._latch = SignalLatch()  # replaced by run()'s; deferred() marks critical sections
         self.space = SearchSpace(config.space)
         self.domains = config.domain_names
         self.weights = [config.weights[d] for d in self.domains]
@@ -116,6 +126,7 @@ class Engine:
             threshold_override=config.policy.threshold,
             return_alpha=config.policy.hysteresis.return_alpha,
             min_dwell=config.policy.hysteresis.min_dwell,
+            tracking=config.policy.tracking,
         )
         self.tests = {d: ValidityTest(settings=self.settings) for d in self.domains}
         knots = record.get("validity.warmup_dev")
@@ -131,6 +142,16 @@ class Engine:
         self.timings: dict[str, float] = {"fit": 0.0, "propose": 0.0, "backend": 0.0, "wait": 0.0}
         self._models: _Models | None = None
         self._models_key: tuple[Any, ...] | None = None
+        # Dev-only GPs, one per domain: the dev the validity test regresses on must not be a
+        # function of the external scores it tests (the two-task mean is conditioned on them).
+        self.dev_models = [
+            DomainSurrogate(
+                dim=self.space.dim,
+                simplex_groups=self.space.simplex_groups(),
+                seed=config.seed * 100 + 50 + i,
+            )
+            for i, _ in enumerate(self.domains)
+        ]
 
     # -- state ------------------------------------------------------------------------------
 
@@ -165,8 +186,15 @@ class Engine:
             result = dict(self.record.get("recommendation") or {})
             self.progress("study_done", {**result, "seconds": 0.0})
             return result
-        with sigint_latch() as check:
+        with sigint_latch() as latch:
+            self._latch = latch
+
+            def check() -> None:
+                latch()
+                self.guard()
+
             self._check_interrupt = check
+            check()
             self._recover()
             for r in range(self.config.rounds.count):
                 state = self._round_state(r)
@@ -185,17 +213,20 @@ class Engine:
                 summary = self._finish_round(r)
                 self.progress("round_done", summary)
             check()
-        result = self._recommend(final=True)
-        self.record.put("finished", True)
+            with latch.deferred():  # the final audit entry and the mark belong together
+                result = self._recommend(final=True)
+                self.record.put("finished", True)
         self.progress("study_done", {**result, "seconds": time.perf_counter() - started})
         return result
 
     def _recover(self) -> None:
-        """Repairs what an interrupted process left: running candidates, unanswered submissions.
+        """Repairs what an interrupted process left: running candidates, unanswered submissions,
+        replacements cut short.
 
         With external workers a RUNNING candidate may be alive in a worker: it is left to the
         lease check instead.
         """
+        self._finish_replacements()
         for c in self.record.candidates():
             if c.state == "RUNNING" and not self.external_workers:
                 self._replace(c, "interrupted: the process running it stopped")
@@ -235,10 +266,63 @@ class Engine:
         return next(c for c in self.record.candidates() if c.number == number)
 
     def _replace(self, c: Candidate, reason: str) -> None:
-        """Fails an unfinished candidate with its reason and proposes its recipe again."""
-        self.record.fail(c.number, reason)
-        self.record.enqueue(c.recipe, round=c.round, proposal={**c.proposal, "replaces": c.number})
-        self.record.audit("candidate_replaced", round=c.round, candidate=c.number, reason=reason)
+        """Fails an unfinished candidate with its reason and proposes its recipe again.
+
+        Three writes (the failure, the new proposal, the audit entry) in a critical section: a
+        signal waits for its end. A process killed in between leaves the failure marked
+        ``reproposed``, and :meth:`_finish_replacements` completes the rest on resume.
+
+        Raises:
+            CandidateFinishedError: If another process finished the candidate first.
+        """
+        with self._latch.deferred():
+            self.record.fail(c.number, reason, repropose=True)
+            self.record.enqueue(
+                c.recipe, round=c.round, proposal={**c.proposal, "replaces": c.number}
+            )
+            self.record.audit(
+                "candidate_replaced", round=c.round, candidate=c.number, reason=reason
+            )
+
+    def _finish_replacements(self) -> None:
+        """Completes what a stopped process left of a replacement or a failure.
+
+        A candidate failed to be proposed again (``reproposed``) gets its new proposal if it
+        has none (unless its round is past evaluation) and its ``candidate_replaced`` entry; any
+        other failed candidate without an audit entry gets its ``candidate_failed`` one.
+        """
+        candidates = self.record.candidates()
+        replaced = {c.proposal.get("replaces") for c in candidates}
+        audited = {
+            e.get("candidate")
+            for e in self.record.audit_log()
+            if e["kind"] in ("candidate_replaced", "candidate_failed")
+        }
+        for c in candidates:
+            if c.state != "FAIL" or (c.number in audited and c.number in replaced):
+                continue
+            reason = c.error or "failed"
+            with self._latch.deferred():
+                if not c.reproposed:
+                    if c.number not in audited:
+                        self.record.audit(
+                            "candidate_failed", round=c.round, candidate=c.number, reason=reason
+                        )
+                    continue
+                if c.number not in replaced and not _phase_at_least(
+                    self._round_state(c.round), "evaluated"
+                ):
+                    self.record.enqueue(
+                        c.recipe, round=c.round, proposal={**c.proposal, "replaces": c.number}
+                    )
+                if c.number not in audited:
+                    self.record.audit(
+                        "candidate_replaced",
+                        round=c.round,
+                        candidate=c.number,
+                        reason=reason,
+                        note="completed on resume: the process replacing it stopped",
+                    )
 
     # -- propose ----------------------------------------------------------------------------
 
@@ -327,7 +411,11 @@ class Engine:
             try:
                 outcome = run_candidate(self.record, self.backend, self.config, trial)
             except KeyboardInterrupt:
-                self._replace(self._candidate(number), "interrupted by the user (SIGINT)")
+                # A further signal now only sets the latch (SignalLatch.grace_s), and the
+                # replacement is a critical section: this clean-up runs to its end.
+                name = signal.Signals(received() or signal.SIGINT).name
+                with contextlib.suppress(CandidateFinishedError):  # it finished just before
+                    self._replace(self._candidate(number), f"interrupted by the user ({name})")
                 raise
             self.timings["backend"] += outcome.seconds
             if not outcome.ok:
@@ -359,6 +447,7 @@ class Engine:
         }
         seen: set[int] = set()
         while True:
+            self._check_interrupt()  # a signal, or the study lease lost while waiting
             trials = [
                 t
                 for t in self.record.study.get_trials(deepcopy=False)
@@ -426,6 +515,21 @@ class Engine:
         self._models_key = key
         return self._models
 
+    def _test_dev(self, models: _Models) -> list[np.ndarray]:
+        """Per domain, the dev-only GP's posterior mean at ``models.numbers`` (fitted once per
+        set of completed candidates; no external score enters it)."""
+        if models.test_dev is None:
+            dev = {c.number: c.dev for c in self.record.candidates() if c.state == "COMPLETE"}
+            t0 = time.perf_counter()
+            out = []
+            for s, d in zip(self.dev_models, self.domains, strict=True):
+                empty = np.zeros((0, models.x.shape[1]))
+                s.fit(models.x, np.array([dev[n][d] for n in models.numbers]), empty, empty[:, 0])
+                out.append(s.predict(models.x)["dev_mean"])
+            self.timings["fit"] += time.perf_counter() - t0
+            models.test_dev = out
+        return models.test_dev
+
     # -- submissions and validity -----------------------------------------------------------
 
     def _submit(self, r: int) -> None:
@@ -482,17 +586,28 @@ class Engine:
         paired = [models.numbers.index(n) for n in externals if n in models.numbers]
         if not paired:
             return None
+        test_dev = self._test_dev(models)
         return record_probe(
             open_numbers,
-            [p["dev_mean"][rows] for p in models.predictions],
-            [float(np.max(p["dev_mean"][paired])) for p in models.predictions],
+            [t[rows] for t in test_dev],
+            [float(np.max(t[paired])) for t in test_dev],
             [float(self.tests[d].scale or 1.0) for d in self.domains],
             self.domains,
         )
 
     def _submit_one(self, r: int, number: int, reason: str, score: float, models: _Models) -> None:
         submission = self.budget_used()
-        intent = {"round": r, "submission": submission, "state": "pending", "reason": reason}
+        row = models.numbers.index(number)
+        intent = {
+            "round": r,
+            "submission": submission,
+            "state": "pending",
+            "reason": reason,
+            # The pair's dev for the validity test, fixed as it enters (dev-only model).
+            "test_dev": {
+                d: float(t[row]) for d, t in zip(self.domains, self._test_dev(models), strict=True)
+            },
+        }
         # The intent is stored (and counted) before the back end is called: a crash in between
         # leaves a pending submission that resume never sends again.
         self.record.put(f"external.{number}", intent)
@@ -502,27 +617,36 @@ class Engine:
             scores = check_external_scores(raw, self.domains, candidate=number)
         except Exception as exc:
             error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
-            self.record.put(f"external.{number}", {**intent, "state": "failed", "error": error})
-            self.record.audit("submission_failed", round=r, candidate=number, error=error)
+            with self._latch.deferred():
+                self.record.put(
+                    f"external.{number}", {**intent, "state": "failed", "error": error}
+                )
+                self.record.audit("submission_failed", round=r, candidate=number, error=error)
             return
-        self.record.put(f"external.{number}", {**intent, "state": "done", "scores": scores})
-        self.record.audit(
-            "submission",
-            round=r,
-            candidate=number,
-            submission=submission,
-            reason=reason,
-            policy_score=score,
-            scores=scores,
-            budget={"used": submission + 1, "left": self.config.external.total - submission - 1},
-        )
-        self.progress("submission", {"round": r, "candidate": number, "scores": scores})
-        self._check_validity(r, number, models)
+        # The answer, its audit entry and the validity test on it belong together: a signal
+        # waits for the end of this section.
+        with self._latch.deferred():
+            self.record.put(f"external.{number}", {**intent, "state": "done", "scores": scores})
+            self.record.audit(
+                "submission",
+                round=r,
+                candidate=number,
+                submission=submission,
+                reason=reason,
+                policy_score=score,
+                scores=scores,
+                budget={
+                    "used": submission + 1,
+                    "left": self.config.external.total - submission - 1,
+                },
+            )
+            self.progress("submission", {"round": r, "candidate": number, "scores": scores})
+            self._check_validity(r, number, models)
 
     def _fix_knots(self, models: _Models) -> None:
-        """Fixes each domain's knot grid from the warm-up candidates' de-noised dev."""
+        """Fixes each domain's knot grid from the warm-up candidates' dev-only de-noised dev."""
         warm = {
-            d: p["dev_mean"].tolist() for d, p in zip(self.domains, models.predictions, strict=True)
+            d: t.tolist() for d, t in zip(self.domains, self._test_dev(models), strict=True)
         }
         for d in self.domains:
             self.tests[d].fix_knots(np.asarray(warm[d]))
@@ -546,7 +670,14 @@ class Engine:
         for d, p in zip(self.domains, models.predictions, strict=True):
             monitor = self.monitors[d]
             before, snapshot = monitor.mode, monitor.to_dict()
-            dev = p["dev_mean"][rows]
+            # Each pair's dev as fixed when it entered; a study stored before that was kept
+            # falls back to the current two-task mean (what it used then).
+            dev = np.array(
+                [
+                    done[n]["test_dev"][d] if "test_dev" in done[n] else p["dev_mean"][i]
+                    for n, i in zip(order, rows, strict=True)
+                ]
+            )
             ext = np.array([done[n]["scores"][d] for n in order])
             result, event = monitor.check(self.tests[d], dev, ext)
             # The de-noised dev the test saw, so `study analyze` can replay it exactly.
@@ -583,7 +714,6 @@ class Engine:
 
     def _finish_round(self, r: int) -> dict[str, Any]:
         result = self._recommend(final=False)
-        self._set_round(r, "done")
         summary = {
             "round": r,
             "candidates": sum(1 for c in self.record.candidates() if c.state == "COMPLETE"),
@@ -593,7 +723,9 @@ class Engine:
             "alarms": len(alarms(self.record.audit_log())),
             "budget_left": self.config.external.total - self.budget_used(),
         }
-        self.record.audit("round_done", **summary)
+        with self._latch.deferred():  # a round marked done always has its audit entry
+            self._set_round(r, "done")
+            self.record.audit("round_done", **summary)
         # optuna-dashboard figures and note; a failure is recorded, never fatal to the study.
         from searchlab.dashboard import publish_after_round
 
@@ -606,7 +738,25 @@ class Engine:
         models = self._fit()
         done = {c.number: c for c in self.record.candidates() if c.state == "COMPLETE"}
         mean, sd, basis = self._modelled_external(models)
-        number, value = recommend(models.numbers, mean)
+        ext = {n: e for n, e in self.externals().items() if e.get("state") == "done"}
+        paired = [n for n in ext if n in done]
+        flags = implausible_domains(
+            [p["ext_mean"] for p in models.predictions],
+            [np.array([ext[n]["scores"][d] for n in paired]) for d in self.domains],
+            self.domains,
+        )
+        observed = {
+            n: sum(w * ext[n]["scores"][d] for d, w in zip(self.domains, self.weights, strict=True))
+            for n in paired
+        }
+        number, value, why = recommend(
+            models.numbers, mean, implausible=flags, observed_external=observed
+        )
+        if basis == "modelled external":
+            basis = why
+        out_of_range = {
+            str(n): f for n, f in zip(models.numbers, flags, strict=True) if f
+        }
         mean_dev = {
             n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights, strict=True))
             for n in done
@@ -618,6 +768,8 @@ class Engine:
             "modelled_external": value,
             "modelled_external_sd": float(sd[models.numbers.index(number)]),
             "basis": basis,
+            # Candidates whose modelled external left [0, 1] or the observed range, by domain.
+            "model_out_of_range": out_of_range,
         }
         best = {"candidate": best_dev, "mean_dev": mean_dev[best_dev]}
         truth = self._truth

@@ -33,5 +33,9 @@ class StudyStateError(SearchlabError):
     """The stored study is in a state the command cannot act on (already finished, say)."""
 
 
+class StudyHeldError(StudyStateError):
+    """Another live process runs the study's engine (it holds the study lease)."""
+
+
 class CandidateFinishedError(StudyStateError):
     """A candidate was finished by another process (a worker's lease ran out, say)."""

@@ -21,7 +21,12 @@ Submission policy (DESIGN.md, "spend the external budget where it informs the de
   The probe stays: an alarm in the last round is still evidence the user reads.
 
 Recommendation: the candidate with the highest modelled external score (weighted posterior mean
-of the external task), never the highest raw dev.
+of the external task), never the highest raw dev. A GP extrapolates freely: with two external
+points its mean can leave [0, 1] (a 4.4 "accuracy" was seen). A candidate whose modelled external
+is implausible in any domain (:func:`implausible_domains`: outside [0, 1], or further than
+``margin`` outside the range of that domain's observed external scores) is never recommended on
+the model's word alone: the recommendation is the best plausible candidate, and when none is
+plausible, the submitted candidate with the best observed external score.
 """
 
 from __future__ import annotations
@@ -177,15 +182,74 @@ def record_probe(
     )
 
 
-def recommend(numbers: Sequence[int], modelled_external: np.ndarray) -> tuple[int, float]:
-    """The candidate with the highest modelled external score.
+def implausible_domains(
+    ext_means: Sequence[np.ndarray],
+    observed: Sequence[np.ndarray],
+    domains: Sequence[str],
+    *,
+    margin: float = 0.15,
+) -> list[list[str]]:
+    """Per candidate, the domains whose modelled external score is implausible.
+
+    Implausible: outside [0, 1] (an accuracy), or more than ``margin`` below the lowest or above
+    the highest external score observed in that domain (beyond what the data can support). A
+    domain with no observed external score has no model of its own and is never flagged.
+
+    Args:
+        ext_means: Per domain (``K``), the posterior mean of external at ``n`` candidates.
+        observed: Per domain, the observed external scores (``m`` each, ``m`` may be 0).
+        domains: ``K`` domain names.
+        margin: Allowed distance outside the observed range, in accuracy units.
+
+    Returns:
+        ``n`` lists of domain names (empty where every domain is plausible).
+    """
+    n = len(ext_means[0]) if ext_means else 0
+    flags: list[list[str]] = [[] for _ in range(n)]
+    for mean, obs, d in zip(ext_means, observed, domains, strict=True):
+        obs = np.asarray(obs, dtype=float)
+        if obs.size == 0:
+            continue
+        lo, hi = max(0.0, float(obs.min()) - margin), min(1.0, float(obs.max()) + margin)
+        bad = ~((np.asarray(mean) >= lo) & (np.asarray(mean) <= hi))
+        for i in np.flatnonzero(bad):
+            flags[int(i)].append(d)
+    return flags
+
+
+def recommend(
+    numbers: Sequence[int],
+    modelled_external: np.ndarray,
+    *,
+    implausible: Sequence[Sequence[str]] | None = None,
+    observed_external: dict[int, float] | None = None,
+) -> tuple[int, float, str]:
+    """The candidate with the highest modelled external score among the plausible ones.
 
     Args:
         numbers: ``n`` completed candidate numbers.
         modelled_external: ``n`` weighted posterior means of the external task.
+        implausible: Per candidate, the domains :func:`implausible_domains` flagged (none when
+            omitted).
+        observed_external: Weighted observed external score per submitted candidate: the
+            fallback when no candidate's model is plausible.
 
     Returns:
-        (candidate number, its modelled external score).
+        (candidate number, its modelled external score, the basis in words).
     """
-    i = int(np.nanargmax(modelled_external))
-    return numbers[i], float(modelled_external[i])
+    values = np.asarray(modelled_external, dtype=float)
+    ok = np.ones(len(numbers), dtype=bool)
+    if implausible is not None:
+        ok = np.array([not f for f in implausible], dtype=bool)
+    if ok.any() and not np.isnan(values[ok]).all():
+        i = int(np.nanargmax(np.where(ok, values, np.nan)))
+        basis = "modelled external" if ok.all() else (
+            "modelled external, among candidates whose model is in range"
+        )
+        return numbers[i], float(values[i]), basis
+    if observed_external:
+        best = max(observed_external, key=observed_external.__getitem__)
+        i = list(numbers).index(best)
+        return best, float(values[i]), "observed external (the model is out of range everywhere)"
+    i = int(np.nanargmax(values))
+    return numbers[i], float(values[i]), "modelled external (out of range, nothing observed)"

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from searchlab.analysis import DECOUPLED, check_output_dir, tables
+from searchlab.analysis import (
+    DECOUPLED,
+    check_output_dir,
+    open_output,
+    refuse_symlinks,
+    tables,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -521,11 +527,17 @@ def _pngs(v: StudyView, out: Path) -> list[Path]:
     return written
 
 
+PNG_NAMES = ("dev_external.png", "validity.png", "modes.png", "budget.png")  # _pngs' files
+
+
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with open_output(path, binary=True) as f:  # never through a symlink
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -746,14 +758,19 @@ def write_report(record: StudyRecord, out_dir: str | os.PathLike[str]) -> dict[s
     """Writes ``report.html``, the PNG figures and ``summary.md`` into ``out_dir``.
 
     Raises:
-        OutputError: If ``out_dir`` cannot be created or written (checked before any work).
+        OutputError: If ``out_dir`` cannot be created or written, or it or a file about to be
+            written is a symbolic link (checked before any work).
     """
     out = check_output_dir(out_dir)
+    page = out / "report.html"
+    summary = out / "summary.md"
+    # A symlinked output would overwrite its target: refuse before any file is written.
+    refuse_symlinks([page, summary, *(out / name for name in PNG_NAMES)])
     v = view(record)
     figs = figures(v)
     pngs = _pngs(v, out)
-    page = out / "report.html"
-    page.write_text(html_page(v, figs), encoding="utf-8")
-    summary = out / "summary.md"
-    summary.write_text(markdown_summary(v, [p.name for p in pngs]), encoding="utf-8")
+    with open_output(page) as f:
+        f.write(html_page(v, figs))
+    with open_output(summary) as f:
+        f.write(markdown_summary(v, [p.name for p in pngs]))
     return {"html": page, "summary": summary, "png": pngs}

@@ -74,7 +74,12 @@ class SearchSpace:
         return list(groups.values())
 
     def discrete_dims(self) -> dict[int, list[float]]:
-        """Allowed encoded values of each integer and categorical coordinate."""
+        """Allowed encoded values of each integer and categorical coordinate.
+
+        Every integer of a range is listed, which is why a study file's ``int`` range spans at
+        most :data:`searchlab.config.MAX_INT_SPAN` values and a categorical has at most
+        :data:`searchlab.config.MAX_CHOICES` choices.
+        """
         out: dict[int, list[float]] = {}
         for i, d in enumerate(self._dims):
             p = d.param

@@ -15,22 +15,38 @@ Layout of one searchlab study in Optuna storage (SQLite by default, any RDB URL 
   leaves ``pending``: resume asks the back end to recover the answer (``done``) or records it as
   ``lost``; it is never re-sent. Every state counts against the budget: each was an attempt.
 - Decisions are study user attributes ``searchlab.audit.<seq>``, one JSON object each.
+- A study is created in one transaction (the Optuna study, its directions, metric names,
+  ``searchlab.config`` and ``searchlab.schema``): a ``create`` that fails or is killed leaves no
+  study behind. ``searchlab.schema`` without ``searchlab.config`` (an older, interrupted create)
+  is an incomplete study: ``load`` says so in one line, ``create`` replaces it.
+- One engine per study: a row of the table ``searchlab_lease``, created beside Optuna's tables,
+  says which process runs the study (:class:`StudyLease`).
+- SQLite allows one writer at a time: an operation that finds the database locked by another
+  process is retried with backoff for :data:`LOCK_WAIT_S` seconds, then reported in one line.
+
+Reading never writes: a storage without Optuna's tables is reported as holding no studies, and
+Optuna's tables are created only by ``create``.
 
 Every value is JSON: nothing is pickled, so reading a study never executes its contents.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import math
 import os
-import warnings
-from collections.abc import Iterator, Mapping
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from searchlab.errors import CandidateFinishedError, StorageError, StudyStateError
+from searchlab.errors import CandidateFinishedError, StorageError, StudyHeldError, StudyStateError
 
 if TYPE_CHECKING:
     import optuna
@@ -41,15 +57,105 @@ SCHEMA_VERSION = 1
 PREFIX = "searchlab."
 DEFAULT_STORAGE = "sqlite:///searchlab.db"
 
+log = logging.getLogger("searchlab.store")
+_T = TypeVar("_T")
+
+# SQLite: how long one statement waits for another process's lock (the driver's busy timeout),
+# and how long an operation is retried, with backoff, while the database stays locked.
+SQLITE_BUSY_S = 30.0
+LOCK_WAIT_S = 300.0
+
+# Optuna's tables that must all be there before a storage is read (see Storage.__init__).
+_OPTUNA_CORE_TABLES = frozenset(
+    {"studies", "study_directions", "study_user_attributes", "trials", "version_info"}
+)
+
+
+_SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "secret", "token"})
+# What may follow the '@' that ends the userinfo: a host (name, IPv4 or [IPv6]), a port, then
+# the path or query or the end.
+_HOST_AFTER_AT = re.compile(r"(\[[0-9A-Za-z:.%]*\]|[\w.%~-]*)(:\d*)?([/?#]|$)")
+_MIN_FRAGMENT = 3  # shorter pieces of a password are not scrubbed from messages (noise)
+
+
+def _split_secrets(url: str) -> tuple[str, list[str]]:
+    """A storage URL with its secrets replaced by ``***``, and the secrets as they may appear.
+
+    The password is everything between the first ':' after the username (which follows the
+    scheme's '//') and the *last* '@' before the host: SQLAlchemy splits at the first '@', so
+    ``alice:Hunter2@Secret@host`` would show ``Secret`` (and the driver sees it in the host).
+    Query parameters named password, passwd, pwd, secret or token (any case) are secrets too.
+    """
+    from urllib.parse import unquote
+
+    secrets: list[str] = []
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, secrets
+    # The rightmost '@' that a plausible host follows; a '@' later in a query value that looks
+    # like a host hides more than needed, never less.
+    at = next(
+        (
+            i
+            for i in range(len(rest) - 1, -1, -1)
+            if rest[i] == "@" and _HOST_AFTER_AT.match(rest, i + 1)
+        ),
+        -1,
+    )
+    head = ""
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if "/" not in user and "?" not in user:  # sqlite:////path/a@b.db has no userinfo
+            secrets.append(password)
+            head, rest = (f"{user}:***@" if colon else f"{user}@"), rest[at + 1 :]
+    location, qmark, query = rest.partition("?")
+    if qmark:
+        params = []
+        for param in query.split("&"):
+            key, eq, value = param.partition("=")
+            if eq and unquote(key).strip().lower() in _SECRET_PARAMS:
+                secrets.append(value)
+                param = f"{key}=***"
+            params.append(param)
+        query = "&".join(params)
+    # Every form a driver may echo: raw, percent-decoded, and the pieces around each '@'.
+    found: list[str] = []
+    for secret in secrets:
+        for form in (secret, unquote(secret)):
+            found += [form, *form.split("@")]
+    found = sorted({s for s in found if len(s) >= _MIN_FRAGMENT}, key=len, reverse=True)
+    return f"{scheme}://{head}{location}{qmark}{query}", found
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:  # longest first: a piece never leaves the rest of a longer one
+        text = text.replace(secret, "***")
+    return text
+
 
 def redact(url: str) -> str:
-    """A storage URL with its password replaced by ``***``."""
+    """A storage URL with its password and secret query parameters replaced by ``***``.
+
+    The rest is kept as typed: SQLAlchemy's ``render_as_string(hide_password=True)`` would
+    percent-encode it (``a@b.db`` as ``a%40b.db``) and shows what follows the first '@' of a
+    password. What SQLAlchemy's ``make_url`` reads as the password or a secret parameter is
+    scrubbed too, so no part of either is left in the result.
+    """
+    shown, secrets = _split_secrets(url)
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+        parsed = make_url(url)
+        extra = [parsed.password or ""]
+        extra += [
+            v
+            for k, v in parsed.query.items()
+            if k.strip().lower() in _SECRET_PARAMS and isinstance(v, str)
+        ]
+        secrets += [s for s in extra if len(s) >= _MIN_FRAGMENT]
+    except Exception:  # not a URL SQLAlchemy reads: the hand-made redaction stands
+        pass
+    return _scrub(shown, sorted(set(secrets), key=len, reverse=True))
 
 
 @contextmanager
@@ -60,15 +166,80 @@ def _storage_errors(url: str, action: str) -> Iterator[None]:
     except (StorageError, StudyStateError):
         raise
     except Exception as exc:
+        from optuna.exceptions import StorageInternalError
         from sqlalchemy.exc import SQLAlchemyError
 
-        if not isinstance(exc, SQLAlchemyError | OSError | ImportError | ValueError):
+        if isinstance(exc, StorageInternalError) and exc.__cause__ is not None:
+            exc = exc.__cause__  # Optuna's wrapper says nothing; the driver's error does
+        elif not isinstance(exc, SQLAlchemyError | OSError | ImportError | ValueError):
             raise
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         message = detail[0] if detail else type(exc).__name__
-        raise StorageError(
-            f"storage {redact(url)}: cannot {action}: {message.replace(url, redact(url))}"
-        ) from None
+        # The driver may echo the URL, the password or a piece of it (in a host name, say).
+        message = _scrub(message.replace(url, redact(url)), _split_secrets(url)[1])
+        raise StorageError(f"storage {redact(url)}: cannot {action}: {message}") from None
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """Whether an error (or what it wraps) is SQLite's "database is locked"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).lower()
+        if "database is locked" in text or "database table is locked" in text:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+def _retrying(url: str, action: str, fn: Callable[[], _T]) -> _T:
+    """Calls ``fn`` (one storage operation), retrying while another process locks the database.
+
+    Each Optuna storage call is one transaction, rolled back when it fails, so a locked attempt
+    left nothing behind and calling it again is safe. After :data:`LOCK_WAIT_S` seconds the error
+    is reported in one line (:class:`StorageError`); what is stored stays stored.
+    """
+    started = time.monotonic()
+    delay = 0.05
+    with _storage_errors(url, action):
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                waited = time.monotonic() - started
+                if not _is_locked(exc) or waited >= LOCK_WAIT_S:
+                    if _is_locked(exc):
+                        raise StorageError(
+                            f"storage {redact(url)}: cannot {action}: the database stayed locked "
+                            f"by another process for {waited:.0f} s"
+                        ) from None
+                    raise
+                if delay == 0.05:  # one line per operation kept waiting, not per attempt
+                    log.warning(
+                        "storage %s is locked by another process: still trying to %s",
+                        redact(url),
+                        action,
+                    )
+                time.sleep(min(delay, max(0.0, LOCK_WAIT_S - waited)))
+                delay = min(delay * 2, 5.0)
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of an SQLite URL (``sqlite:///x.db``, ``sqlite:///file:x.db?mode=ro&uri=true``);
+    None for another database or an in-memory one."""
+    if not url.startswith("sqlite:"):
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:
+        return None
+    path = parsed.database or ""
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and path.startswith("file:"):
+        path = path.removeprefix("file:").split("?")[0]
+    return None if path in ("", ":memory:") or "mode=memory" in url else path
 
 
 def _jsonable(value: Any) -> Any:
@@ -110,6 +281,7 @@ class Candidate:
     artefact: dict[str, Any] | None
     error: str | None
     proposal: dict[str, Any]
+    reproposed: bool = False  # failed by the engine to propose its recipe again
 
 
 class Storage:
@@ -126,69 +298,176 @@ class Storage:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.url = url
-        if not create and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            path = url.removeprefix("sqlite:///")
-            if not os.path.exists(path):
-                # Reading must not create an empty database where a path was mistyped.
-                raise StorageError(f"storage {url}: no such database file {path!r}")
+        self._create = create
+        path = _sqlite_path(url)
+        if not create and path is not None and not os.path.exists(path):
+            # Reading must not create an empty database where a path was mistyped.
+            raise StorageError(f"storage {url}: no such database file {path!r}")
+        self._storage: optuna.storages.RDBStorage | None = None
         with _storage_errors(url, "open"):
-            self._storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=False
+            if create:
+                self._storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=False
+                )
+            else:
+                self._storage = self._open_existing()
+
+    def _open_existing(self) -> optuna.storages.RDBStorage | None:
+        """Optuna's storage on a database that already has Optuna's tables; None without them.
+
+        Optuna's constructor creates its tables (twelve of them) in whatever database it is
+        given; a command that only reads must not write into another tool's database, so the
+        tables are looked for first, with a connection of our own.
+        """
+        import optuna
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.url, **_engine_kwargs(self.url))
+        try:
+            tables = set(_retrying(self.url, "open", lambda: _table_names(engine)))
+        finally:
+            engine.dispose()
+        if not tables & _OPTUNA_CORE_TABLES:
+            return None
+        missing = _OPTUNA_CORE_TABLES - tables
+        if missing:
+            raise StorageError(
+                f"storage {redact(self.url)} is not an Optuna storage: it lacks Optuna's tables "
+                f"{sorted(missing)}"
             )
+        return optuna.storages.RDBStorage(
+            self.url,
+            engine_kwargs=_engine_kwargs(self.url),
+            skip_compatibility_check=False,
+            skip_table_creation=True,
+        )
+
+    def _rdb(self) -> optuna.storages.RDBStorage:
+        if self._storage is None:
+            raise StorageError(
+                f"storage {redact(self.url)} holds no searchlab studies (it has no Optuna tables)"
+            )
+        return self._storage
 
     @property
     def optuna_storage(self) -> optuna.storages.BaseStorage:
+        """Optuna's storage; on a database without Optuna's tables they are created now (the
+        dashboard, which can edit, is the only caller)."""
+        if self._storage is None:
+            import optuna
+
+            with _storage_errors(self.url, "open"):
+                self._storage = optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=_engine_kwargs(self.url)
+                )
         return self._storage
 
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of the storage (the lease table lives beside Optuna's)."""
+        return self._rdb().engine
+
     def names(self) -> list[str]:
-        """Names of the searchlab studies in this storage."""
+        """Names of the searchlab studies in this storage (none without Optuna's tables)."""
         import optuna
 
-        with _storage_errors(self.url, "list studies"):
-            summaries = optuna.get_all_study_summaries(self._storage, include_best_trial=False)
+        if self._storage is None:
+            return []
+        storage = self._storage
+        summaries = _retrying(
+            self.url,
+            "list studies",
+            lambda: optuna.get_all_study_summaries(storage, include_best_trial=False),
+        )
         return sorted(s.study_name for s in summaries if f"{PREFIX}config" in s.user_attrs)
 
+    def lease(self, name: str, **kwargs: Any) -> StudyLease:
+        """The lease of study ``name`` (not yet taken): see :class:`StudyLease`."""
+        return StudyLease(self, name, **kwargs)
+
     def create(self, config: StudyConfig) -> StudyRecord:
-        """Creates a study from a validated config.
+        """Creates a study from a validated config, in one transaction.
+
+        The Optuna study, its directions and metric names, ``searchlab.config`` and
+        ``searchlab.schema`` are one commit, so a create that fails or is killed leaves no study
+        behind. An incomplete study of that name left by an older searchlab (schema without
+        config, no candidates) is removed first, with a warning.
 
         Raises:
             StudyStateError: If a study of that name exists.
         """
         import optuna
 
+        replaced = self._remove_incomplete(config.name)
+        storage = self._rdb()
         with _storage_errors(self.url, "create the study"):
             try:
-                study = optuna.create_study(
-                    study_name=config.name,
-                    storage=self._storage,
-                    directions=["maximize"] * len(config.domains),
-                    sampler=optuna.samplers.RandomSampler(),
-                )
+                _retrying(self.url, "create the study", lambda: _insert_study(storage, config))
             except optuna.exceptions.DuplicatedStudyError:
                 raise StudyStateError(
                     f"study {config.name!r} already exists in {redact(self.url)}: "
                     "use 'searchlab study resume', or --name to create another"
                 ) from None
-            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names([f"dev:{d}" for d in config.domain_names])
-            study.set_user_attr(f"{PREFIX}schema", SCHEMA_VERSION)
-            study.set_user_attr(f"{PREFIX}config", config.model_dump(mode="json"))
-        return StudyRecord(self, study)
+            study = optuna.load_study(
+                study_name=config.name, storage=storage, sampler=optuna.samplers.RandomSampler()
+            )
+        record = StudyRecord(self, study)
+        if replaced:
+            record.audit("incomplete_study_replaced", round=None, note=replaced)
+        return record
+
+    def _remove_incomplete(self, name: str) -> str | None:
+        """Deletes study ``name`` if it is an incomplete searchlab study; says why, or None."""
+        import optuna
+
+        storage = self._rdb()
+        try:
+            study_id = _retrying(
+                self.url, "read the study", lambda: storage.get_study_id_from_name(name)
+            )
+        except KeyError:
+            return None
+        attrs = _retrying(
+            self.url, "read the study", lambda: storage.get_study_user_attrs(study_id)
+        )
+        if f"{PREFIX}schema" not in attrs or f"{PREFIX}config" in attrs:
+            return None  # a complete study, or not searchlab's: create refuses it
+        trials = _retrying(self.url, "read the study", lambda: storage.get_n_trials(study_id))
+        if trials:
+            return None
+        note = (
+            f"removed the incomplete study {name!r} (schema without config, no candidates) "
+            "that an interrupted 'study create' left"
+        )
+        log.warning("%s", note)
+        with _storage_errors(self.url, f"remove the incomplete study {name!r}"):
+            optuna.delete_study(study_name=name, storage=storage)
+        return note
 
     def load(self, name: str) -> StudyRecord:
         """Opens a stored searchlab study.
 
         Raises:
-            StorageError: If there is no such study (the message lists the known ones).
+            StorageError: If there is no such study (the message lists the known ones), or it
+                is not a complete searchlab study of this schema version.
         """
         import optuna
 
+        if self._storage is None:
+            raise StorageError(
+                f"no study {name!r} in {redact(self.url)}: it holds no Optuna studies "
+                "(no Optuna tables; is it another tool's database?)"
+            )
+        storage = self._storage
+
+        def load() -> optuna.Study:
+            return optuna.load_study(
+                study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
+            )
+
         with _storage_errors(self.url, f"load study {name!r}"):
             try:
-                study = optuna.load_study(
-                    study_name=name, storage=self._storage, sampler=optuna.samplers.RandomSampler()
-                )
+                study = _retrying(self.url, f"load study {name!r}", load)
             except KeyError:
                 known = self.names()
                 raise StorageError(
@@ -203,16 +482,79 @@ class Storage:
                 f"study {name!r} has schema version {schema}; this searchlab reads version "
                 f"{SCHEMA_VERSION}: use the searchlab release that wrote it"
             )
+        if not isinstance(record.attrs.get(f"{PREFIX}config"), dict):
+            raise StorageError(
+                f"study {name!r} in {redact(self.url)} is incomplete: it has a searchlab schema "
+                "but no config (a 'study create' stopped half-way); run 'searchlab study "
+                "create' again to replace it"
+            )
         return record
+
+
+def _table_names(engine: Any) -> list[str]:
+    import sqlalchemy
+
+    return sqlalchemy.inspect(engine).get_table_names()
+
+
+def _insert_study(storage: optuna.storages.RDBStorage, config: StudyConfig) -> None:
+    """Writes a new study and everything searchlab needs of it in one commit.
+
+    Optuna's API writes a study in several transactions (the study, then each attribute), so
+    a process killed in between left a study without its config. Optuna's own table models are
+    used, as ``RDBStorage.create_new_study`` does, with the attributes added to its session.
+
+    Raises:
+        optuna.exceptions.DuplicatedStudyError: If a study of that name exists.
+    """
+    import optuna
+    from optuna.storages._rdb import models
+    from optuna.study import StudyDirection
+    from optuna.study.study import _SYSTEM_ATTR_METRIC_NAMES
+    from sqlalchemy.exc import IntegrityError
+
+    session = storage.scoped_session()
+    try:
+        study = models.StudyModel(
+            study_name=config.name,
+            directions=[
+                models.StudyDirectionModel(objective=i, direction=StudyDirection.MAXIMIZE)
+                for i in range(len(config.domains))
+            ],
+        )
+        session.add(study)
+        metric_names = [f"dev:{d}" for d in config.domain_names]
+        session.add(
+            models.StudySystemAttributeModel(
+                study=study, key=_SYSTEM_ATTR_METRIC_NAMES, value_json=json.dumps(metric_names)
+            )
+        )
+        for key, value in (
+            ("config", config.model_dump(mode="json")),
+            ("schema", SCHEMA_VERSION),  # last in spirit: a study with it is complete
+        ):
+            session.add(
+                models.StudyUserAttributeModel(
+                    study=study, key=PREFIX + key, value_json=json.dumps(_jsonable(value))
+                )
+            )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise optuna.exceptions.DuplicatedStudyError(config.name) from None
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Wait for a lock rather than fail at once when a dashboard reads the same file.
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": SQLITE_BUSY_S}}
     # Fail fast on an unreachable server instead of hanging for minutes.
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-
 
 class StudyRecord:
     """Read and write access to one stored study.
@@ -233,13 +575,15 @@ class StudyRecord:
     @property
     def attrs(self) -> dict[str, Any]:
         if self._attrs is None:
-            with _storage_errors(self._store.url, "read study attributes"):
-                self._attrs = dict(self.study.user_attrs)
+            self._attrs = _retrying(
+                self._store.url, "read study attributes", lambda: dict(self.study.user_attrs)
+            )
         return self._attrs
 
     def refresh(self) -> None:
         """Drops cached attributes so the next read sees other processes' writes."""
         self._attrs = None
+        self._audit_seq = None  # counted again from what is stored
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(PREFIX + key, default)
@@ -247,8 +591,9 @@ class StudyRecord:
     def put(self, key: str, value: Any) -> None:
         value = _jsonable(value)
         json.dumps(value)  # fail here, not inside the database driver
-        with _storage_errors(self._store.url, f"write {key!r}"):
-            self.study.set_user_attr(PREFIX + key, value)
+        _retrying(
+            self._store.url, f"write {key!r}", lambda: self.study.set_user_attr(PREFIX + key, value)
+        )
         self.attrs[PREFIX + key] = value
 
     def items(self, prefix: str) -> dict[str, Any]:
@@ -259,6 +604,10 @@ class StudyRecord:
     @property
     def config_data(self) -> dict[str, Any]:
         return self.get("config")
+
+    def lease(self, **kwargs: Any) -> StudyLease:
+        """This study's lease (not yet taken): see :class:`StudyLease`."""
+        return StudyLease(self._store, self.name, **kwargs)
 
     # -- audit --------------------------------------------------------------------------------
 
@@ -277,8 +626,9 @@ class StudyRecord:
 
     def candidates(self) -> list[Candidate]:
         """Every candidate in proposal order."""
-        with _storage_errors(self._store.url, "read candidates"):
-            trials = self.study.get_trials(deepcopy=False)
+        trials = _retrying(
+            self._store.url, "read candidates", lambda: self.study.get_trials(deepcopy=False)
+        )
         names = [m.removeprefix("dev:") for m in (self.study.metric_names or [])]
         out = []
         for t in trials:
@@ -297,6 +647,7 @@ class StudyRecord:
                     artefact=ua.get(f"{PREFIX}artefact"),
                     error=ua.get(f"{PREFIX}error"),
                     proposal=dict(ua.get(f"{PREFIX}proposal", {})),
+                    reproposed=bool(ua.get(f"{PREFIX}reproposed", False)),
                 )
             )
         return out
@@ -305,14 +656,17 @@ class StudyRecord:
         self, recipe: Mapping[str, Any], *, round: int, proposal: Mapping[str, Any]
     ) -> None:
         """Stores a proposed candidate as a WAITING trial (the proposal survives a crash)."""
-        with _storage_errors(self._store.url, "enqueue a candidate"):
-            self.study.enqueue_trial(
+        _retrying(
+            self._store.url,
+            "enqueue a candidate",
+            lambda: self.study.enqueue_trial(
                 dict(recipe),
                 user_attrs={
                     f"{PREFIX}round": round,
                     f"{PREFIX}proposal": _jsonable(dict(proposal)),
                 },
-            )
+            ),
+        )
 
     def start_next(self, distributions: Mapping[str, Any]) -> optuna.Trial | None:
         """Takes the oldest WAITING candidate and marks it RUNNING; None when there is none.
@@ -328,7 +682,9 @@ class StudyRecord:
         from optuna.trial import TrialState
 
         storage = self.study._storage
-        with _storage_errors(self._store.url, "start a candidate"), self._claim_lock():
+        url = self._store.url
+
+        def claim() -> int | None:
             for t in storage.get_all_trials(
                 self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
             ):
@@ -337,21 +693,34 @@ class StudyRecord:
                         continue  # another process took it first
                 except UpdateFinishedTrialError:
                     continue
-                trial = optuna.Trial(self.study, t._trial_id)
-                for name, dist in distributions.items():
-                    trial._suggest(name, dist)
-                return trial
-        return None
+                return t._trial_id
+            return None
+
+        # Each step is one transaction, retried on its own while another process locks the
+        # database (a step that failed was rolled back), so a claimed trial always gets its
+        # params and nothing claimed is left half-done by a lock.
+        with self._claim_lock():
+            trial_id = _retrying(url, "start a candidate", claim)
+            if trial_id is None:
+                return None
+            trial = _retrying(url, "start a candidate", lambda: optuna.Trial(self.study, trial_id))
+            for name, dist in distributions.items():
+                _retrying(
+                    url,
+                    "start a candidate",
+                    lambda name=name, dist=dist: trial._suggest(name, dist),
+                )
+        return trial
 
     @contextmanager
     def _claim_lock(self) -> Iterator[None]:
-        url = self._store.url
-        if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        path = _sqlite_path(self._store.url)
+        if path is None:
             yield
             return
         import fcntl
 
-        with open(url.removeprefix("sqlite:///") + ".claim.lock", "a") as f:
+        with open(path + ".claim.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -364,11 +733,24 @@ class StudyRecord:
         Raises:
             CandidateFinishedError: If the candidate is already finished.
         """
-        with (
-            _storage_errors(self._store.url, f"write {key!r} of candidate {number}"),
-            _unfinished(number),
-        ):
-            self._set_trial_user_attr(number, key, value)
+        self._on_trial(
+            number,
+            f"write {key!r} of candidate {number}",
+            lambda: self._set_trial_user_attr(number, key, value),
+        )
+
+    def _on_trial(self, number: int, action: str, fn: Callable[[], _T]) -> _T:
+        """One storage operation on an unfinished trial, retried while the database is locked.
+
+        Raises:
+            CandidateFinishedError: If the trial is already finished.
+        """
+
+        def call() -> _T:
+            with _unfinished(number):
+                return fn()
+
+        return _retrying(self._store.url, action, call)
 
     def _set_trial_user_attr(self, number: int, key: str, value: Any) -> None:
         """Writes ``searchlab.<key>`` on trial ``number`` (Study has no by-number setter)."""
@@ -390,22 +772,361 @@ class StudyRecord:
         Raises:
             CandidateFinishedError: If another process finished it first.
         """
-        with _storage_errors(self._store.url, f"store candidate {number}"), _unfinished(number):
-            self._set_trial_user_attr(number, "dev_n", dict(dev_n))
-            self._set_trial_user_attr(number, "artefact", dict(artefact))
-            self.study.tell(number, [float(dev[d]) for d in domains])
+        action = f"store candidate {number}"
+        self._on_trial(
+            number, action, lambda: self._set_trial_user_attr(number, "dev_n", dict(dev_n))
+        )
+        self._on_trial(
+            number, action, lambda: self._set_trial_user_attr(number, "artefact", dict(artefact))
+        )
+        # Last, and on its own: the state change is what makes the candidate finished.
+        self._on_trial(
+            number, action, lambda: self.study.tell(number, [float(dev[d]) for d in domains])
+        )
 
-    def fail(self, number: int, reason: str) -> None:
+    def fail(self, number: int, reason: str, *, repropose: bool = False) -> None:
         """Marks a candidate FAIL with its reason (an unfinished trial only).
+
+        Args:
+            number: The candidate.
+            reason: Why it failed.
+            repropose: The engine fails it to propose its recipe again: the marker
+                ``searchlab.reproposed`` is written before the failure, so resume can finish a
+                replacement that was cut short (see ``Engine._recover``).
 
         Raises:
             CandidateFinishedError: If another process finished it first.
         """
         from optuna.trial import TrialState
 
-        with (
-            _storage_errors(self._store.url, f"mark candidate {number} failed"),
-            _unfinished(number),
-        ):
-            self._set_trial_user_attr(number, "error", reason[:2000])
-            self.study.tell(number, state=TrialState.FAIL)
+        action = f"mark candidate {number} failed"
+        if repropose:
+            self._on_trial(
+                number, action, lambda: self._set_trial_user_attr(number, "reproposed", True)
+            )
+        self._on_trial(
+            number, action, lambda: self._set_trial_user_attr(number, "error", reason[:2000])
+        )
+        self._on_trial(number, action, lambda: self.study.tell(number, state=TrialState.FAIL))
+
+
+# -- the study lease: one engine per study ---------------------------------------------------
+
+LEASE_TABLE = "searchlab_lease"
+LEASE_TTL_S = 30.0  # a lease whose heartbeat is older than this may be taken over
+LEASE_HEARTBEAT_S = 5.0
+
+
+def _lease_table() -> Any:
+    import sqlalchemy as sa
+
+    return sa.Table(
+        LEASE_TABLE,
+        sa.MetaData(),
+        sa.Column("study_name", sa.String(512), primary_key=True),
+        sa.Column("owner", sa.String(512), nullable=False),
+        sa.Column("acquired_at", sa.Double(), nullable=False),
+        sa.Column("heartbeat_at", sa.Double(), nullable=False),
+        sa.Column("expires_at", sa.Double(), nullable=False),
+    )
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a study's lease, as stored (times are Unix seconds)."""
+
+    owner: str  # host:pid:token
+    acquired_at: float
+    heartbeat_at: float
+    expires_at: float
+
+    @property
+    def process(self) -> str:
+        """``host:pid`` of the holder (the token only tells two leases of one process apart)."""
+        return ":".join(self.owner.split(":")[:2])
+
+    def gone(self) -> bool:
+        """Whether the holder ran on this host and its process no longer exists."""
+        host, _, rest = self.owner.partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+            return False
+        return not _pid_alive(int(pid))
+
+    def describe(self, now: float | None = None) -> str:
+        ago = max(0.0, (now if now is not None else time.time()) - self.heartbeat_at)
+        return f"{self.process} since {_iso(self.acquired_at)} (heartbeat {ago:.0f} s ago)"
+
+
+class StudyLease:
+    """The right to run a study's engine: at most one process holds it at a time.
+
+    ``study create``, ``study resume`` and ``coordinator`` hold it while the engine runs;
+    workers do not (many serve one study). It is one row of the table ``searchlab_lease`` in the
+    study's own database (created beside Optuna's tables, on Optuna's engine): the study name
+    (primary key), the owner (``host:pid:token``), when it was acquired, its last heartbeat and
+    when it expires. A background thread renews it every ``heartbeat_s`` seconds
+    (``expires_at = now + ttl_s``); leaving the block releases it (deletes the row), whether the
+    run ended, failed or was interrupted.
+
+    Why it is atomic without Optuna's user attributes (which are read-modify-write, not
+    transactional): every change is one SQL statement whose WHERE clause is the condition.
+
+    - Acquire is ``INSERT``: the primary key lets exactly one of two processes insert the row;
+      the other gets an integrity error (SQLite serialises writers; PostgreSQL's unique index
+      makes the second insert wait for the first and then fail).
+    - Takeover of a stale lease (expired, or held by a process of this host that no longer
+      exists: kill -9) is ``UPDATE ... WHERE study_name = :n AND owner = :seen_owner AND
+      expires_at <= :seen_expiry``, a compare-and-swap on the row as it was read: of two
+      processes taking over the same stale lease, one updates one row and the other none
+      (PostgreSQL re-checks the WHERE clause on the row the first one committed).
+    - Renewal is ``UPDATE ... WHERE owner = :me``: no row updated means the lease was taken
+      over (this process stalled past the expiry) and the engine stops at its next safe point
+      (:meth:`check`).
+
+    Times are the processes' clocks (as for workers' heartbeats): hosts must agree to well
+    within ``ttl_s`` (NTP).
+
+    Args:
+        storage: The storage holding the study.
+        study_name: The study.
+        ttl_s: Seconds without a renewal after which another process may take the lease over.
+        heartbeat_s: Seconds between renewals (default ``ttl_s / 6``).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        study_name: str,
+        *,
+        ttl_s: float = LEASE_TTL_S,
+        heartbeat_s: float | None = None,
+    ) -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.ttl_s = ttl_s
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else ttl_s / 6
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.held = False
+        self.lost: str | None = None  # why the lease was lost while held
+        self.taken_over: LeaseHolder | None = None  # the stale holder acquire() replaced
+        self.takeover_reason: str | None = None
+        self.acquired_at: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._table_obj: Any = None
+
+    # -- storage ------------------------------------------------------------------------------
+
+    def _table(self) -> Any:
+        """The lease table, created if it is not there yet (only writers get here)."""
+        if self._table_obj is not None:
+            return self._table_obj
+        table = _lease_table()
+        engine = self.storage.engine
+
+        def create() -> None:
+            try:
+                table.create(engine, checkfirst=True)
+            except Exception:
+                # Two processes creating it at once: the loser's CREATE fails; fine if it exists.
+                if LEASE_TABLE not in _table_names(engine):
+                    raise
+
+        _retrying(self.storage.url, "create the lease table", create)
+        self._table_obj = table
+        return table
+
+    def _run(self, action: str, fn: Callable[[Any], _T]) -> _T:
+        engine = self.storage.engine
+
+        def once() -> _T:
+            with engine.begin() as conn:
+                return fn(conn)
+
+        return _retrying(self.storage.url, f"{action} the lease of study {self.study_name!r}", once)
+
+    def holder(self) -> LeaseHolder | None:
+        """The current holder, or None when the study is free."""
+        table = self._table()
+
+        def read(conn: Any) -> Any:
+            return conn.execute(
+                table.select().where(table.c.study_name == self.study_name)
+            ).first()
+
+        row = self._run("read", read)
+        if row is None:
+            return None
+        return LeaseHolder(
+            owner=row.owner,
+            acquired_at=float(row.acquired_at),
+            heartbeat_at=float(row.heartbeat_at),
+            expires_at=float(row.expires_at),
+        )
+
+    def acquire(self) -> LeaseHolder | None:
+        """Takes the lease; returns the stale holder it took over from (None if it was free).
+
+        Raises:
+            StudyHeldError: If a live process holds it (the message names it and since when).
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        table = self._table()
+        for _ in range(10):  # each pass loses only to a process that changed the row
+            now = time.time()
+            row = {
+                "owner": self.owner,
+                "acquired_at": now,
+                "heartbeat_at": now,
+                "expires_at": now + self.ttl_s,
+            }
+
+            def insert(row: dict = row) -> bool:
+                try:
+                    with self.storage.engine.begin() as conn:
+                        conn.execute(table.insert().values(study_name=self.study_name, **row))
+                except IntegrityError:
+                    return False  # the row is there: someone holds (or held) the lease
+                return True
+
+            if _retrying(self.storage.url, f"take the lease of study {self.study_name!r}", insert):
+                return self._took(now, None)
+            holder = self.holder()
+            if holder is None:
+                continue  # released in between: insert again
+            gone = holder.gone()
+            if holder.expires_at > now and not gone:
+                raise StudyHeldError(
+                    f"study {self.study_name!r} is held by {holder.describe(now)}; wait, or "
+                    f"stop it (a lease not renewed for {self.ttl_s:g} s is taken over)"
+                )
+
+            def swap(conn: Any, holder: LeaseHolder = holder, row: dict = row) -> int:
+                return conn.execute(
+                    table.update()
+                    .where(table.c.study_name == self.study_name)
+                    .where(table.c.owner == holder.owner)
+                    .where(table.c.expires_at <= holder.expires_at)
+                    .values(**row)
+                ).rowcount
+
+            if self._run("take over", swap) == 1:
+                self.takeover_reason = (
+                    "its process no longer exists"
+                    if gone
+                    else f"no heartbeat for {now - holder.heartbeat_at:.0f} s"
+                )
+                return self._took(now, holder)
+        raise StudyHeldError(f"study {self.study_name!r}: the lease keeps changing hands; retry")
+
+    def _took(self, now: float, previous: LeaseHolder | None) -> LeaseHolder | None:
+        self.held, self.lost, self.acquired_at, self.taken_over = True, None, now, previous
+        return previous
+
+    def takeover_fields(self) -> dict[str, Any] | None:
+        """The numbers of a takeover for the audit entry ``lease_takeover``; None if none."""
+        previous = self.taken_over
+        if previous is None:
+            return None
+        return {
+            "previous_owner": previous.owner,
+            "previous_acquired_at": _iso(previous.acquired_at),
+            "previous_heartbeat_at": _iso(previous.heartbeat_at),
+            "previous_expires_at": _iso(previous.expires_at),
+            "reason": self.takeover_reason,
+            "owner": self.owner,
+        }
+
+    def renew(self) -> bool:
+        """Moves the expiry on; False (and :attr:`lost` set) if another process took it."""
+        table = self._table()
+        now = time.time()
+
+        def beat(conn: Any) -> int:
+            return conn.execute(
+                table.update()
+                .where(table.c.study_name == self.study_name)
+                .where(table.c.owner == self.owner)
+                .values(heartbeat_at=now, expires_at=now + self.ttl_s)
+            ).rowcount
+
+        if self._run("renew", beat) == 1:
+            return True
+        holder = self.holder()
+        self.held = False
+        self.lost = (
+            f"the lease of study {self.study_name!r} was taken over by "
+            f"{holder.describe() if holder else 'another process'} (no heartbeat from this "
+            f"process for {self.ttl_s:g} s); stopped"
+        )
+        return False
+
+    def release(self) -> None:
+        """Gives the lease up (only if this process still holds it)."""
+        if not self.held:
+            return
+        table = self._table()
+        self._run(
+            "release",
+            lambda conn: conn.execute(
+                table.delete()
+                .where(table.c.study_name == self.study_name)
+                .where(table.c.owner == self.owner)
+            ),
+        )
+        self.held = False
+
+    def check(self) -> None:
+        """Raises if the lease was lost: the engine calls it at its safe points.
+
+        Raises:
+            StudyHeldError: If another process took the lease over.
+        """
+        if self.lost is not None:
+            raise StudyHeldError(self.lost)
+
+    # -- holding it -------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if not self.renew():
+                    return
+            except Exception as exc:  # a storage hiccup: the next beat may get through
+                log.warning("lease of study %s not renewed: %s", self.study_name, exc)
+
+    def __enter__(self) -> StudyLease:
+        if not self.held:
+            self.acquire()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"searchlab-lease-{self.study_name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        try:
+            self.release()
+        except Exception as error:  # never hide why the block ended; the lease then expires
+            log.warning("lease of study %s not released: %s", self.study_name, error)

@@ -150,6 +150,11 @@ class DetectorSettings:
         knot_offsets: Further knots at ``max(warm-up dev) + c * sd(warm-up dev)`` for each ``c``.
         hinge_form: ``"quad"`` (hinge with a quadratic term below the knot), ``"linear"`` (the
             plain hinge) or ``"local"`` (a line through the pairs above the knot only).
+        threshold_override: A per-domain threshold calibrated by simulation, in place of
+            ``n_domains / alpha``.
+        tracking: ``kappa``: the proxy is valid while the slope above the knot is at least
+            ``kappa`` times the slope just below it (``0`` tests "slope above >= 0", the test
+            of studies stored before this setting existed; ignored by ``"local"``).
     """
 
     alpha: float = 0.05
@@ -163,6 +168,7 @@ class DetectorSettings:
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     hinge_form: str = "quad"
     threshold_override: float | None = None
+    tracking: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0 or not 0.0 < self.return_alpha < 1.0:
@@ -181,6 +187,9 @@ class DetectorSettings:
             raise ValueError(f"hinge_form must be one of {_FORMS}")
         if self.threshold_override is not None and not self.threshold_override > 1.0:
             raise ValueError("threshold_override must be > 1")
+        # 0 is today's replay of studies stored before kappa existed (H0: slope above >= 0).
+        if not 0.0 <= self.tracking < 1.0:
+            raise ValueError("tracking must lie in [0, 1)")
 
     @property
     def threshold(self) -> float:
@@ -213,6 +222,7 @@ class DetectorSettings:
             "knot_offsets": list(self.knot_offsets),
             "hinge_form": self.hinge_form,
             "threshold_override": self.threshold_override,
+            "tracking": self.tracking,
         }
 
     @classmethod
@@ -226,6 +236,8 @@ class DetectorSettings:
             The settings.
         """
         kwargs = dict(d)
+        # Settings stored before the tracking fraction existed tested "slope above >= 0".
+        kwargs.setdefault("tracking", 0.0)
         for key in ("knot_quantiles", "knot_offsets"):
             if key in kwargs:
                 kwargs[key] = tuple(float(v) for v in kwargs[key])
@@ -250,8 +262,11 @@ class ValidityResult:
             untestable or ``hinge_form="local"``.
         knot: Dominant knot (largest ``E_k``) in dev units; nan if no knot was testable.
         n_pairs: Number of pairs the test used.
-        fired: Whether ``statistic >= threshold`` and the slope above the dominant knot points
-            the tested way.
+        fired: Whether ``statistic >= threshold`` and ``delta = slope_high - kappa slope_low``
+            above the dominant knot points the tested way.
+        tracking: ``kappa`` the test used.
+        slope_high_ci95: Pointwise 95 % t-interval of ``slope_high`` at this check (context
+            for the reader, not the anytime-valid part of the test); nan when untestable.
     """
 
     statistic: float
@@ -261,6 +276,8 @@ class ValidityResult:
     knot: float
     n_pairs: int
     fired: bool
+    tracking: float = 0.0
+    slope_high_ci95: tuple[float, float] = (math.nan, math.nan)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-safe dict (nan and inf become ``None``)."""
@@ -272,6 +289,14 @@ class ValidityResult:
             "knot": _json_float(self.knot),
             "n_pairs": int(self.n_pairs),
             "fired": bool(self.fired),
+            "tracking": float(self.tracking),
+            "slope_high_ci95": [_json_float(v) for v in self.slope_high_ci95],
+            # Rate above the knot as a fraction of the rate below it (what kappa bounds).
+            "rate_ratio": _json_float(
+                self.slope_high / self.slope_low
+                if math.isfinite(self.slope_low) and self.slope_low > 0.0
+                else math.nan
+            ),
         }
 
 
@@ -306,7 +331,7 @@ def _log_evalue_from_stats(
 
 
 def _hinge_design(
-    x: np.ndarray, y: np.ndarray, knot: float, form: str
+    x: np.ndarray, y: np.ndarray, knot: float, form: str, tracking: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Design matrix of the hinge model, slope-above-the-knot column last.
 
@@ -315,18 +340,20 @@ def _hinge_design(
         y: External values, shape ``(n,)``.
         knot: Knot, same units as ``x``.
         form: ``"quad"``, ``"linear"`` or ``"local"`` (see the module docstring).
+        tracking: ``kappa``; the last column's coefficient is ``delta = s - kappa b``.
 
     Returns:
         ``(W, y)``: the design, shape ``(m, p)``, and the response, shape ``(m,)`` (``m = n``
-        except for ``"local"``, which keeps the pairs above the knot). Column 1 is the slope
-        below the knot (not for ``"local"``).
+        except for ``"local"``, which keeps the pairs above the knot). Column 1's coefficient
+        is the slope ``b`` below the knot (not for ``"local"``), the last column's ``delta``.
     """
     hinge = np.maximum(x - knot, 0.0)
     if form == "quad":
         u = np.minimum(x, knot) - knot
-        return np.column_stack([np.ones_like(x), u, u * u, hinge]), y
+        return np.column_stack([np.ones_like(x), u + tracking * hinge, u * u, hinge]), y
     if form == "linear":
-        return np.column_stack([np.ones_like(x), np.minimum(x, knot), hinge]), y
+        below = np.minimum(x, knot) + tracking * hinge
+        return np.column_stack([np.ones_like(x), below, hinge]), y
     if form == "local":
         above = x > knot
         return np.column_stack([np.ones(int(above.sum())), hinge[above]]), y[above]
@@ -334,8 +361,8 @@ def _hinge_design(
 
 
 def _hinge_fit(
-    x: np.ndarray, y: np.ndarray, knot: float, form: str
-) -> tuple[float, float, float, float, int] | None:
+    x: np.ndarray, y: np.ndarray, knot: float, form: str, tracking: float = 0.0
+) -> tuple[float, float, float, float, int, float] | None:
     """OLS fit of the hinge model by QR.
 
     Args:
@@ -343,12 +370,18 @@ def _hinge_fit(
         y: External values, shape ``(n,)``.
         knot: Knot, same units as ``x``.
         form: ``"quad"``, ``"linear"`` or ``"local"``.
+        tracking: ``kappa`` (see :func:`_hinge_design`).
 
     Returns:
-        ``(s_hat, b_hat, v, rss, nu)`` (``b_hat`` nan for ``"local"``), or ``None`` if
-        ``nu < 2``, the design is rank deficient or the fit is exact.
+        ``(delta_hat, b_hat, v, rss, nu, v_s)``: the estimate of ``delta = s - kappa b`` (``s``
+        itself when ``kappa = 0`` or for ``"local"``), of ``b`` (nan for ``"local"``),
+        ``v = [(W'W)^{-1}]_{delta delta}``, the residual sum of squares, the residual degrees of
+        freedom and ``[(W'W)^{-1}]`` of ``s = delta + kappa b`` (for its interval); or ``None``
+        if ``nu < 2``, the design is rank deficient or the fit is exact.
     """
-    design, y = _hinge_design(x, y, knot, form)
+    if form == "local":
+        tracking = 0.0
+    design, y = _hinge_design(x, y, knot, form, tracking)
     n, p = design.shape
     if n - p < 2:
         return None
@@ -362,8 +395,13 @@ def _hinge_fit(
     if not rss > 1e-14 * max(float(y @ y), 1e-300):
         return None
     v = 1.0 / float(r[-1, -1]) ** 2  # [(R'R)^{-1}]_{pp} = 1 / R_pp^2 for upper-triangular R
-    b_hat = math.nan if form == "local" else float(beta[1])
-    return float(beta[-1]), b_hat, v, rss, n - p
+    if form == "local":
+        return float(beta[-1]), math.nan, v, rss, n - p, v
+    # s = delta + kappa b: its variance factor from the full (W'W)^{-1} = R^{-1} R^{-T}.
+    r_inv = np.linalg.inv(r)
+    cov = r_inv @ r_inv.T
+    v_s = float(cov[-1, -1] + tracking**2 * cov[1, 1] + 2.0 * tracking * cov[1, -1])
+    return float(beta[-1]), float(beta[1]), v, rss, n - p, v_s
 
 
 def hinge_evalue(
@@ -375,6 +413,7 @@ def hinge_evalue(
     direction: int = -1,
     min_above: int = 3,
     form: str = "quad",
+    tracking: float = 0.0,
 ) -> tuple[float, float, float]:
     """One-sided mixture e-value for the slope above one knot.
 
@@ -392,6 +431,8 @@ def hinge_evalue(
         min_above: Fewer points than this strictly above the knot gives ``E = 1``.
         form: ``"quad"`` (default, as in :class:`DetectorSettings`), ``"linear"`` (plain hinge
             ``a + b min(x,k) + s (x-k)_+``) or ``"local"``.
+        tracking: ``kappa``: the e-value is for ``delta = s - kappa b`` (``direction=-1``:
+            ``H0: s >= kappa b``).
 
     Returns:
         ``(E, s_hat, b_hat)``: the e-value (1.0 when not testable), the OLS slope above the knot
@@ -407,11 +448,12 @@ def hinge_evalue(
     nan = math.nan
     if int(np.count_nonzero(x > knot)) < min_above:
         return 1.0, nan, nan
-    fit = _hinge_fit(x, y, knot, form)
+    fit = _hinge_fit(x, y, knot, form, tracking)
     if fit is None:
         return 1.0, nan, nan
-    s_hat, b_hat, v, rss, nu = fit
-    log_e = _log_evalue_from_stats(s_hat, v, rss, nu, prior_scale, direction)
+    d_hat, b_hat, v, rss, nu, _ = fit
+    log_e = _log_evalue_from_stats(d_hat, v, rss, nu, prior_scale, direction)
+    s_hat = d_hat if form == "local" else d_hat + tracking * b_hat
     return math.exp(min(log_e, _LOG_MAX)), s_hat, b_hat
 
 
@@ -495,25 +537,28 @@ class ValidityTest:
         dev, external = dev[keep], external[keep]
         n = int(dev.size)
         nan = math.nan
-        untestable = ValidityResult(1.0, threshold, nan, nan, nan, n, False)
+        kappa = 0.0 if st.hinge_form == "local" else st.tracking
+        untestable = ValidityResult(1.0, threshold, nan, nan, nan, n, False, kappa)
         if n < st.min_pairs:
             return untestable
         x = dev / self.scale
         log_es: list[float] = []
-        best: tuple[float, float, float, float] | None = None  # (log E_k, s_hat, b_hat, knot)
+        # (log E_k, delta_hat, b_hat, knot, half-width of s's interval)
+        best: tuple[float, float, float, float, float] | None = None
         for knot in self.knots:
             k_std = knot / self.scale
             fit = None
             if int(np.count_nonzero(x > k_std)) >= st.min_above:
-                fit = _hinge_fit(x, external, k_std, st.hinge_form)
+                fit = _hinge_fit(x, external, k_std, st.hinge_form, kappa)
             if fit is None:
                 log_es.append(0.0)
                 continue
-            s_hat, b_hat, v, rss, nu = fit
-            log_e = _log_evalue_from_stats(s_hat, v, rss, nu, st.prior_scale, direction)
+            d_hat, b_hat, v, rss, nu, v_s = fit
+            log_e = _log_evalue_from_stats(d_hat, v, rss, nu, st.prior_scale, direction)
             log_es.append(log_e)
             if best is None or log_e > best[0]:
-                best = (log_e, s_hat, b_hat, knot)
+                half = float(stats.t.ppf(0.975, nu)) * math.sqrt(v_s * rss / nu)
+                best = (log_e, d_hat, b_hat, knot, half)
         if best is None:
             return untestable
         top = max(log_es)  # log of the knot average, computed stably
@@ -522,8 +567,9 @@ class ValidityTest:
         else:
             log_stat = top + math.log(sum(math.exp(le - top) for le in log_es) / len(log_es))
             statistic = math.exp(min(log_stat, _LOG_MAX))
-        _, s_hat, b_hat, knot = best
-        fired = statistic >= threshold and direction * s_hat > 0.0
+        _, d_hat, b_hat, knot, half = best
+        s_hat = d_hat if st.hinge_form == "local" else d_hat + kappa * b_hat
+        fired = statistic >= threshold and direction * d_hat > 0.0
         return ValidityResult(
             statistic=statistic,
             threshold=threshold,
@@ -532,6 +578,8 @@ class ValidityTest:
             knot=float(knot),
             n_pairs=n,
             fired=bool(fired),
+            tracking=kappa,
+            slope_high_ci95=((s_hat - half) / self.scale, (s_hat + half) / self.scale),
         )
 
 
@@ -813,12 +861,13 @@ def _run_monitor(
 
 
 def _clopper_pearson(k: int, n: int, level: float = 0.95) -> list[float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion, from statsmodels."""
     if n == 0:
         return [0.0, 1.0]
-    a = 1.0 - level
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
-    return [lo, hi]
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=1.0 - level, method="beta")
+    return [float(lo), float(hi)]
 
 
 def calibrate(

@@ -77,6 +77,7 @@ def run_worker(
     max_candidates: int | None = None,
     poll_s: float = 0.5,
     worker_id: str | None = None,
+    trust: bool | None = None,
 ) -> dict[str, int]:
     """Serves one study until it is finished (or idle for ``idle_exit_s``).
 
@@ -90,6 +91,8 @@ def run_worker(
         max_candidates: Stop after this many candidates (None: no limit).
         poll_s: Seconds between looks for work when there is none.
         worker_id: How this worker names itself in logs (default host:pid).
+        trust: Whether a ``module:Class`` back end may be imported (``--trust-backend``); None
+            reads ``SEARCHLAB_TRUST_BACKEND`` (see :func:`searchlab.backends.load_backend`).
 
     Returns:
         Counts: ``done`` (stored COMPLETE), ``failed`` (stored FAIL), ``discarded`` (taken
@@ -113,7 +116,7 @@ def run_worker(
     me = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     record = Storage(url).load(name)
     config = StudyConfig.model_validate(record.config_data)
-    backend = backend_for(config)
+    backend = backend_for(config, trust=trust)
     distributions = SearchSpace(config.space).distributions()
     counts = {"done": 0, "failed": 0, "discarded": 0}
     idle_since = time.monotonic()

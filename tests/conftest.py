@@ -8,11 +8,15 @@ Subprocesses started by :func:`run_cli` inherit it.
 from __future__ import annotations
 
 import copy
+import glob
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +161,63 @@ def slow_study_file(
 def tiny_study(tmp_path: Path) -> Path:
     """A small valid study file: 2 domains, the simulated back end, 2 rounds of 3 candidates."""
     return write_yaml(tmp_path / "tiny.yaml", tiny_study_data())
+
+
+# A throw-away PostgreSQL cluster (tests/test_workers.py, tests/test_lease.py).
+
+
+def _pg_bin() -> tuple[str, str] | None:
+    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        initdb = shutil.which("initdb", path=folder)
+        pg_ctl = shutil.which("pg_ctl", path=folder)
+        if initdb and pg_ctl:
+            return initdb, pg_ctl
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL server on loopback in a temporary folder, for this test session."""
+    pytest.importorskip("psycopg")
+    found = _pg_bin()
+    if found is None:
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found")
+    initdb, pg_ctl = found
+    prefix: list[str] = []
+    folder = tempfile.mkdtemp(prefix="searchlab-pg-")
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        runuser = shutil.which("runuser")
+        prefix = [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres", "-c"]
+        if not runuser:
+            pytest.skip("running as root without runuser")
+    data = os.path.join(folder, "data")
+    port = _free_port()
+    subprocess.run(
+        [*prefix, initdb, "-D", data, "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", data, "-o", options, "-l", f"{folder}/log", "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """A user's back end named by import path (``module:Class``) runs a study through the CLI.
 
 The module is written into tmp_path and found through PYTHONPATH only: the CLI runs in a neutral
-working folder (see conftest.run_cli).
+working folder (see conftest.run_cli). Importing a ``module:Class`` needs the opt-in
+``--trust-backend``, which every command here that loads the back end passes.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def _study(tmp_path: Path, backend: str, name: str, **options: Any) -> Path:
 
 
 def _create(study: Path, url: str, env: dict[str, str]) -> Any:
-    return run_cli("study", "create", str(study), "--storage", url, "--quiet", env=env)
+    return run_cli(
+        "study", "create", str(study), "--storage", url, "--quiet", "--trust-backend", env=env
+    )
 
 
 def _json(*args: str, env: dict[str, str]) -> Any:
@@ -130,7 +133,7 @@ def _json(*args: str, env: dict[str, str]) -> Any:
 def test_user_backend_runs_a_study(tmp_path: Path, plugin: dict[str, str]) -> None:
     url = sqlite_url(tmp_path / "s.db")
     study = _study(tmp_path, "MyBackend", "mine")
-    validated = run_cli("study", "validate", str(study), env=plugin)
+    validated = run_cli("study", "validate", str(study), "--trust-backend", env=plugin)
     assert validated.returncode == 0, validated.stderr
 
     result = _create(study, url, plugin)
@@ -227,7 +230,7 @@ def test_bad_scores_fail_candidates(
 
 def test_multi_line_constructor_error_is_one_line(tmp_path: Path, plugin: dict[str, str]) -> None:
     study = _study(tmp_path, "MultiLineBackend", "multi", explode=True)
-    result = run_cli("study", "validate", str(study), env=plugin)
+    result = run_cli("study", "validate", str(study), "--trust-backend", env=plugin)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

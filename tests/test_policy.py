@@ -7,6 +7,7 @@ import pytest
 
 from searchlab.policy import (
     confirm_for_recommendation,
+    implausible_domains,
     rank_for_submission,
     recommend,
     record_probe,
@@ -39,7 +40,7 @@ def test_proxy_mode_confirms_best_dev_decoupled_uses_external_bound() -> None:
 
 
 def test_recommendation_is_by_modelled_external() -> None:
-    assert recommend([4, 5, 6], np.array([0.3, np.nan, 0.5])) == (6, 0.5)
+    assert recommend([4, 5, 6], np.array([0.3, np.nan, 0.5]))[:2] == (6, 0.5)
 
 
 def test_record_probe_picks_the_largest_per_domain_dev_record() -> None:
@@ -58,3 +59,25 @@ def test_last_round_confirms_the_top_of_the_modelled_external() -> None:
     assert [c.candidate for c in picks] == [4, 6]
     assert all("last round" in c.reason for c in picks)
     assert confirm_for_recommendation([3], np.array([0.5]), 0) == []
+
+
+def test_a_model_out_of_range_is_flagged_and_never_the_sole_basis() -> None:
+    # Two domains; candidate 1's model says 4.4 in domain a (an extrapolation), candidate 2's
+    # domain b is far above anything observed there.
+    ext_a = np.array([0.40, 4.40, 0.45, 0.50])
+    ext_b = np.array([0.30, 0.30, 0.95, 0.35])
+    observed = [np.array([0.41, 0.48]), np.array([0.28, 0.36])]
+    flags = implausible_domains([ext_a, ext_b], observed, ["a", "b"])
+    assert flags == [[], ["a"], ["b"], []]
+    mean = (ext_a + ext_b) / 2
+    number, value, basis = recommend([1, 2, 3, 4], mean, implausible=flags)
+    assert number == 4 and value == pytest.approx(0.425) and "in range" in basis
+    # Nothing plausible: the best observed external decides, not the model.
+    number, _, basis = recommend(
+        [1, 2], np.array([3.0, 2.0]), implausible=[["a"], ["a"]], observed_external={2: 0.4}
+    )
+    assert number == 2 and basis.startswith("observed external")
+
+
+def test_a_domain_without_external_scores_is_never_flagged() -> None:
+    assert implausible_domains([np.array([7.0])], [np.array([])], ["a"]) == [[]]

@@ -1,13 +1,22 @@
-"""Storage: schema versions and passwords."""
+"""Storage: schema versions, passwords, reading without writing, atomic create, locks."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import run_cli, sqlite_url
 
+from searchlab import store
 from searchlab.config import validate_study
-from searchlab.errors import StorageError
+from searchlab.errors import StorageError, StudyStateError
 from searchlab.simulation import canonical_space
 from searchlab.store import PREFIX, Storage, redact
 
@@ -47,3 +56,200 @@ def test_an_optuna_study_that_is_not_searchlabs_is_named(tmp_path: Path) -> None
 
 def test_passwords_are_redacted() -> None:
     assert redact("postgresql://u:hunter2@db:5432/x") == "postgresql://u:***@db:5432/x"
+
+
+# -- reading never writes; read-only and locked databases ------------------------------------
+
+
+def _one_line_error(result: Any, *culprits: str) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for culprit in culprits:
+        assert culprit in lines[0], lines[0]
+    return lines[0]
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def test_reading_another_tools_database_writes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "foreign.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    url = sqlite_url(db)
+    before = db.read_bytes()
+    listed = run_cli("study", "list", "--storage", url)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "" and "no searchlab studies" in listed.stderr
+    for args in (
+        ("status", "x"),
+        ("audit", "x"),
+        ("export", "x", "--out", str(tmp_path / "out")),
+        ("report", "x", "--out", str(tmp_path / "report")),
+        ("analyze", "x"),
+    ):
+        _one_line_error(run_cli("study", *args, "--storage", url), "'x'", "no Optuna")
+    assert _tables(db) == {"notes"}
+    assert db.read_bytes() == before
+    assert Storage(url).names() == []
+
+
+def test_create_and_resume_on_a_read_only_database_fail_in_one_line(
+    tmp_path: Path, tiny_study: Path
+) -> None:
+    db = tmp_path / "s.db"
+    url = sqlite_url(db)
+    Storage(url, create=True).create(_config())
+    before = db.read_bytes()
+    # SQLite opened read-only: what a file without write permission is to a non-root user.
+    read_only = f"sqlite:///file:{db.resolve()}?mode=ro&uri=true"
+    _one_line_error(run_cli("study", "resume", "schema", "--storage", read_only), "readonly")
+    _one_line_error(run_cli("study", "create", str(tiny_study), "--storage", read_only))
+    if os.geteuid() != 0:  # root writes a file whatever its mode says
+        db.chmod(0o444)
+        _one_line_error(run_cli("study", "resume", "schema", "--storage", url), "readonly")
+        db.chmod(0o644)
+    assert db.read_bytes() == before
+    assert not list(tmp_path.glob("file:*"))  # no stray lock file from the URI form
+
+
+# -- atomic create -------------------------------------------------------------------------------
+
+_KILLED_CREATE = """
+import os, sys
+import sqlalchemy.orm
+from searchlab.config import load_study_file
+from searchlab.store import Storage
+
+store = Storage(sys.argv[1], create=True)
+commit = sqlalchemy.orm.Session.commit
+
+def killed(self):
+    # The study's rows are written into the transaction, then the process dies before COMMIT.
+    if any(type(o).__name__ == "StudyModel" for o in self.new):
+        self.flush()
+        os._exit(9)
+    return commit(self)
+
+sqlalchemy.orm.Session.commit = killed
+store.create(load_study_file(sys.argv[2]))
+"""
+
+
+def test_a_create_killed_half_way_leaves_no_study(tmp_path: Path, tiny_study: Path) -> None:
+    url = sqlite_url(tmp_path / "s.db")
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_CREATE, url, str(tiny_study)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == 9, killed.stderr
+    import optuna
+
+    assert optuna.get_all_study_names(url) == []
+    _one_line_error(run_cli("study", "status", "tiny", "--storage", url), "no study 'tiny'")
+    _one_line_error(run_cli("study", "resume", "tiny", "--storage", url), "no study 'tiny'")
+    from searchlab.config import load_study_file
+
+    record = Storage(url, create=True).create(load_study_file(str(tiny_study)))
+    assert record.get("schema") == 1 and record.config_data["name"] == "tiny"
+    assert record.study.metric_names == ["dev:cipher", "dev:equations"]
+
+
+def test_an_incomplete_study_is_named_in_one_line_and_create_replaces_it(
+    tmp_path: Path,
+) -> None:
+    import optuna
+
+    url = sqlite_url(tmp_path / "s.db")
+    # What an older searchlab left when killed between its writes: the schema, no config.
+    study = optuna.create_study(study_name="schema", storage=url, directions=["maximize"] * 2)
+    study.set_user_attr(f"{PREFIX}schema", 1)
+    for command in ("status", "resume", "audit"):
+        _one_line_error(
+            run_cli("study", command, "schema", "--storage", url), "'schema'", "incomplete"
+        )
+    assert Storage(url).names() == []
+    record = Storage(url, create=True).create(_config())
+    assert record.config_data["name"] == "schema"
+    assert [e["kind"] for e in record.audit_log()] == ["incomplete_study_replaced"]
+    assert Storage(url).load("schema").get("schema") == 1
+
+
+def test_a_study_that_is_not_searchlabs_is_never_replaced(tmp_path: Path) -> None:
+    import optuna
+
+    url = sqlite_url(tmp_path / "s.db")
+    optuna.create_study(study_name="schema", storage=url)
+    with pytest.raises(StudyStateError, match="already exists"):
+        Storage(url, create=True).create(_config())
+
+
+# -- a database locked by another process -----------------------------------------------------
+
+
+def _hold_lock(path: Path, seconds: float, ready: threading.Event) -> threading.Thread:
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        ready.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread
+
+
+def _waiting_study(tmp_path: Path) -> tuple[Path, Any]:
+    from searchlab.space import SearchSpace
+
+    db = tmp_path / "s.db"
+    config = _config()
+    record = Storage(sqlite_url(db), create=True).create(config)
+    space = SearchSpace(config.space)
+    for recipe in space.quasi_random(2, seed=0):
+        record.enqueue(recipe, round=0, proposal={"method": "test"})
+    return db, space.distributions()
+
+
+def test_a_locked_database_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "SQLITE_BUSY_S", 0.2)  # the driver gives up fast: we retry
+    monkeypatch.setattr(store, "LOCK_WAIT_S", 60.0)
+    db, distributions = _waiting_study(tmp_path)
+    record = Storage(sqlite_url(db)).load("schema")
+    held = _hold_lock(db, 2.0, threading.Event())
+    t0 = time.monotonic()
+    trial = record.start_next(distributions)
+    record.put("after_lock", 1)
+    assert time.monotonic() - t0 > 1.0
+    held.join()
+    assert trial is not None and trial.number == 0
+    assert [c.state for c in record.candidates()] == ["RUNNING", "WAITING"]
+    assert set(trial.params) == set(distributions)
+
+
+def test_a_database_locked_too_long_is_one_line_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "SQLITE_BUSY_S", 0.2)
+    monkeypatch.setattr(store, "LOCK_WAIT_S", 1.0)
+    db, distributions = _waiting_study(tmp_path)
+    record = Storage(sqlite_url(db)).load("schema")
+    held = _hold_lock(db, 3.0, threading.Event())
+    with pytest.raises(StorageError) as info:
+        record.start_next(distributions)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "cannot start a candidate: the database stayed locked by another process" in message
+    held.join()
+    assert [c.state for c in Storage(sqlite_url(db)).load("schema").candidates()] == [
+        "WAITING",
+        "WAITING",
+    ]

@@ -318,6 +318,9 @@ def test_result_to_dict_is_json_safe() -> None:
         "knot": 0.7,
         "n_pairs": 10,
         "fired": False,
+        "tracking": 0.0,
+        "slope_high_ci95": [None, None],
+        "rate_ratio": None,
     }
 
 

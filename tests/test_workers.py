@@ -1,94 +1,34 @@
 """Workers on PostgreSQL: every candidate done once, and kill -9 of a worker or the coordinator.
 
 A throw-away PostgreSQL cluster is created in a temporary folder (``initdb``, ``pg_ctl``) for
-the session; without PostgreSQL's server programs these tests are skipped (``.ci/run`` installs
-them). The back end is the simulated one slowed down, and it logs every training it starts
-(candidate, process id) and every submission it receives to files, which is how the tests know
-what ran where independently of what searchlab stored.
+the session (``conftest.pg_url``); without PostgreSQL's server programs these tests are skipped
+(``.ci/run`` installs them). The back end is the simulated one slowed down, and it logs every
+training it starts (candidate, process id) and every submission it receives to files, which is
+how the tests know what ran where independently of what searchlab stored.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import slow_study_file
-
-
-def _pg_bin() -> tuple[str, str] | None:
-    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
-        initdb = shutil.which("initdb", path=folder)
-        pg_ctl = shutil.which("pg_ctl", path=folder)
-        if initdb and pg_ctl:
-            return initdb, pg_ctl
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL server on loopback in a temporary folder, for this test session."""
-    pytest.importorskip("psycopg")
-    found = _pg_bin()
-    if found is None:
-        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found")
-    initdb, pg_ctl = found
-    prefix: list[str] = []
-    folder = tempfile.mkdtemp(prefix="searchlab-pg-")
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        import pwd
-
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        runuser = shutil.which("runuser")
-        prefix = [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres", "-c"]
-        if not runuser:
-            pytest.skip("running as root without runuser")
-    data = os.path.join(folder, "data")
-    port = _free_port()
-    subprocess.run(
-        [*prefix, initdb, "-D", data, "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    subprocess.run(
-        [*prefix, pg_ctl, "-D", data, "-o", options, "-l", f"{folder}/log", "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], check=False)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
+    # The study names slowbackend:SlowSimulated, the test's own module: opt in to importing it.
+    env["SEARCHLAB_TRUST_BACKEND"] = "1"
     return env
 
 
