@@ -638,6 +638,55 @@ def validity_calibrate(
         out.print(f"{key}: {value}", markup=False)
 
 
+@validity_app.command("corpus")
+def validity_corpus(
+    storage: StorageOpt = None,
+    instance: Annotated[
+        list[str] | None, typer.Option(help="Null instance (repeatable; default: all).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Studies per instance.")] = 10,
+    first_seed: Annotated[int, typer.Option(min=0, help="The first seed.")] = 0,
+) -> None:
+    """Run (or finish) the engine's null studies that `validity replay` measures."""
+    from searchlab.calibration import NULL_INSTANCES, make_corpus
+
+    _quiet_libraries()
+    names = list(instance or NULL_INSTANCES)
+    unknown = [n for n in names if n not in NULL_INSTANCES]
+    if unknown:
+        raise SearchlabError(f"--instance {unknown[0]!r}: not one of {sorted(NULL_INSTANCES)}")
+    make_corpus(
+        _storage_url(storage),
+        instances=names,
+        seeds=range(first_seed, first_seed + seeds),
+        progress=lambda line: err.print(line, markup=False),
+    )
+
+
+@validity_app.command("replay")
+def validity_replay(
+    storage: StorageOpt = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Per-domain e-value threshold to replay.")
+    ] = None,
+    tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """End-to-end false alarms: a setting replayed over every stored null study."""
+    from searchlab.calibration import false_alarms
+
+    if threshold is not None and not threshold > 1:
+        raise SearchlabError(f"--threshold must be > 1, got {threshold}")
+    if tracking is not None and not 0 < tracking < 1:
+        raise SearchlabError(f"--tracking must be in (0, 1), got {tracking}")
+    result = false_alarms(_storage_url(storage), threshold=threshold, tracking=tracking)
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, value in result.items():
+        out.print(f"{key}: {value}", markup=False)
+
+
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

@@ -844,6 +844,14 @@ def status(record: StudyRecord) -> dict[str, Any]:
                 "threshold", config.policy.threshold or len(config.domains) / config.policy.alpha
             ),
             "pairs": check.get("n_pairs", 0),
+            # The evidence of the last check: rates above (with its pointwise interval) and
+            # below the dominant knot, their ratio against kappa (absent in older studies).
+            "rate_above": check.get("slope_high"),
+            "rate_above_ci95": check.get("slope_high_ci95"),
+            "rate_below": check.get("slope_low"),
+            "rate_ratio": check.get("rate_ratio"),
+            "tracking": check.get("tracking"),
+            "knot": check.get("knot"),
         }
     used = len(externals)
     rec = record.get("recommendation") or {}

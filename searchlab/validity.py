@@ -1,11 +1,26 @@
-r"""Anytime-valid test that a domain's dev proxy has stopped tracking its external score.
+r"""Test that a domain's dev proxy has stopped tracking its external score.
 
 Per domain, on the candidates that have both scores, in arrival order, let ``x`` be the
-de-noised dev score (the caller passes a GP posterior mean, never the raw observed dev, so that
-no candidate enters the test through its own noise: winner's curse) and ``y`` the observed
-external score. "Operational collapse" is: *the slope of external on dev in the high-dev region
-is <= 0*. Correlation is not tested: it falls with no Goodhart at all as the optimiser
-concentrates (range restriction).
+de-noised dev score and ``y`` the observed external score. The caller must pass an ``x`` that is
+not a function of the external scores under test and that is fixed when the pair enters (the
+engine passes a dev-only GP's posterior mean at the time of the submission; a two-task posterior
+mean would be conditioned on the very ``y`` under test and revised every round), and never the
+raw observed dev of a candidate chosen for its dev (winner's curse).
+
+The hypothesis, in the user's terms
+-----------------------------------
+Above a knot ``k`` (the dev-record region) external rises with dev at rate ``s``; just below it
+at rate ``b``. With the tracking fraction ``kappa`` (:attr:`DetectorSettings.tracking`):
+
+* ``H0`` (valid): ``s >= kappa * b``: external keeps rising with dev at no less than a fraction
+  ``kappa`` of the rate seen before the record region;
+* ``H1`` (decoupled): ``s < kappa * b``: a plateau (``s = 0``) and a fall (``s < 0``) are both
+  alternatives.
+
+``kappa = 0`` is the earlier test "slope above >= 0", which has a plateau on its boundary
+(detected at the nominal level only, by construction); it is kept so that studies stored before
+``tracking`` existed replay as they ran. Correlation is not tested: it falls with no Goodhart at
+all as the optimiser concentrates (range restriction).
 
 Hinge regression
 ----------------
@@ -24,9 +39,11 @@ expectation, so this form is the most robust and the least powerful). The plain 
 towards ``s < 0`` when the link is concave below the knot (the continuity constraint makes the
 straight lower segment overshoot at the knot): with knots in the high-dev region it gave 4-5 %
 false alarms at ``n_domains = 1`` on concave-but-increasing nulls, the quadratic term removes
-that (see :func:`calibrate`). The alarm test is ``H0: s >= 0`` against ``H1: s < 0``
-(``direction=-1``); the mirrored test used for the return to proxy mode is ``H0: s <= 0``
-against ``s > 0`` (``direction=+1``).
+that (see :func:`calibrate`). With ``delta = s - kappa b`` the model is rewritten as
+``y = a + b (u + kappa (x - k)_+) + c u^2 + delta (x - k)_+`` (same fit, ``delta`` in the last
+column), and the alarm test is ``H0: delta >= 0`` against ``H1: delta < 0`` (``direction=-1``);
+the mirrored test used for the return to proxy mode is ``H0: delta <= 0`` against ``delta > 0``
+(``direction=+1``). ``"local"`` has no ``b`` and tests ``s`` against 0 (``kappa`` ignored).
 
 Mixture Bayes factor (Lindon, Ham, Tingley & Bojinov 2022)
 ----------------------------------------------------------
@@ -80,22 +97,28 @@ sds around the warm-up maximum (knots nobody has reached yet contribute ``E_k = 
 
 Threshold
 ---------
-Ville's inequality: for a non-negative (super)martingale ``E_n`` with ``E_0 = 1`` under the null,
-``P(sup_n E_n >= c) <= 1/c``. A study-wide level ``alpha`` over ``n_domains`` domains
-(Bonferroni) gives the threshold ``c = n_domains / alpha``. An alarm also requires the slope
-estimate above the dominant knot (the one with the largest ``E_k``) to point the tested way.
+Two kinds, never to be confused:
 
-What is and is not exact
-------------------------
-Each ``E_k`` is a test martingale (for the point null ``s = 0``, Gaussian homoscedastic errors, a
-correctly specified mean and a predictable design) with respect to the filtration of the maximal
-invariant (Lindon et al. 2022; Pérez-Ortiz, Lardy, de Heide & Grünwald 2024, "E-statistics, group
-invariance and anytime valid testing"). For ``s`` on the null side the one-sided mixture is
-smaller in expectation (monotone likelihood ratio), so the composite null is covered. Not exact,
-and checked by simulation instead (:func:`calibrate`): Ville's inequality for the knot *average*
-(the ``E_k`` are martingales on different invariant filtrations), a de-noised ``x`` that the
-caller may revise over time, a link that is not a hinge (concave, logistic, binomial and rounded
-scores), and a design that becomes testable only when enough pairs lie above a knot.
+* **Anytime-valid, per knot** (``threshold_override=None``, threshold ``n_domains / alpha``).
+  Each knot's ``E_k`` is a test martingale for the point null ``delta = 0`` (Lindon et al. 2022;
+  Pérez-Ortiz, Lardy, de Heide & Grünwald 2024, "E-statistics, group invariance and anytime
+  valid testing") under these conditions: Gaussian homoscedastic errors, a correctly specified
+  mean (the hinge with the quadratic term), and a predictable design (each ``x_i`` known before
+  ``y_i`` and never revised: the engine meets this by fixing the dev-only ``x_i`` at entry). For
+  ``delta`` on the null side the one-sided mixture is smaller in expectation (monotone
+  likelihood ratio), so the composite null is covered. Ville's inequality,
+  ``P(sup_n E_n >= c) <= 1/c``, then bounds one knot's false alarms, and Bonferroni over
+  ``n_domains`` gives ``c = n_domains / alpha``. **Not covered**: the knot *average* (the ``E_k``
+  are martingales on different invariant filtrations, so the average is an e-value at each fixed
+  time but not shown to be a supermartingale), binomial and floored scores, and a link that is
+  not a hinge. So even this threshold is not claimed exact for the statistic as implemented.
+* **Simulation-calibrated** (``threshold_override``, e.g. the study file's 20). Its false-alarm
+  rate is what a simulation measures: :func:`calibrate` on simulated streams (cheap, unlike the
+  engine's streams), and :mod:`searchlab.calibration` end to end, replaying the setting over the
+  engine's own null studies. Only the second measures what the engine feeds the test.
+
+An alarm also requires ``delta_hat`` above the dominant knot (the one with the largest ``E_k``)
+to point the tested way.
 
 Hysteresis
 ----------

@@ -355,3 +355,61 @@ def test_calibrate_small() -> None:
     lo, hi = res["false_alarm_ci95"]
     assert 0.0 <= lo <= res["false_alarm_rate"] <= hi <= 1.0
     json.dumps(res, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tracking fraction kappa: H0 "slope above >= kappa * slope below"
+# ---------------------------------------------------------------------------------------------
+
+
+def _plateau_like(rng: np.random.Generator, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Warm-up dev over [0.3, 0.6]; later pairs above it, where external rises at ``ratio``
+    times the slope below (0: a plateau)."""
+    warm = rng.uniform(0.3, 0.6, 15)
+    high = rng.uniform(0.6, 0.85, 25)
+    dev = np.concatenate([warm, high])
+    ext = 0.2 + 1.0 * np.minimum(dev, 0.6) + ratio * np.maximum(dev - 0.6, 0.0)
+    return dev, ext + 0.02 * rng.standard_normal(dev.size)
+
+
+def test_delta_is_the_slope_above_minus_kappa_times_the_slope_below() -> None:
+    x, y, knot = _example(n=30, seed=4)
+    for form in ("quad", "linear"):
+        plain, _ = _hinge_design(x, y, knot, form)
+        shifted, _ = _hinge_design(x, y, knot, form, 0.25)
+        beta = np.linalg.lstsq(plain, y, rcond=None)[0]
+        beta_k = np.linalg.lstsq(shifted, y, rcond=None)[0]
+        assert beta_k[-1] == pytest.approx(beta[-1] - 0.25 * beta[1], abs=1e-9)
+        assert beta_k[1] == pytest.approx(beta[1], abs=1e-9)
+
+
+def test_a_plateau_is_an_alternative_once_kappa_is_positive() -> None:
+    fired = {0.0: 0, 0.25: 0}
+    for seed in range(40):
+        dev, ext = _plateau_like(np.random.default_rng(seed), ratio=0.0)
+        for kappa in fired:
+            test = _fixed_test(dev[:15], tracking=kappa, threshold_override=20.0)
+            fired[kappa] += test.evaluate(dev, ext).fired
+    # "slope >= 0" has a plateau on its boundary; with kappa it is an alternative.
+    assert fired[0.0] <= 4 and fired[0.25] >= 12, fired
+
+
+def test_tracking_above_kappa_is_the_null() -> None:
+    alarms = 0
+    for seed in range(100):
+        dev, ext = _plateau_like(np.random.default_rng(1000 + seed), ratio=0.6)
+        test = _fixed_test(dev[:15], tracking=0.25, threshold_override=20.0)
+        res = test.evaluate(dev, ext)
+        alarms += res.fired
+        assert res.tracking == 0.25
+        lo, hi = res.slope_high_ci95
+        assert lo <= res.slope_high <= hi
+    assert alarms <= 3
+
+
+def test_settings_stored_before_kappa_replay_the_old_test() -> None:
+    old = DetectorSettings().to_dict()
+    del old["tracking"]
+    assert DetectorSettings.from_dict(old).tracking == 0.0
+    with pytest.raises(ValueError, match="tracking"):
+        DetectorSettings(tracking=1.0)
