@@ -489,6 +489,9 @@ def study_analyze(
     min_pairs: Annotated[int | None, typer.Option(help="No test before this many pairs.")] = None,
     return_alpha: Annotated[float | None, typer.Option(help="Level of the return.")] = None,
     min_dwell: Annotated[int | None, typer.Option(help="Pairs before a return.")] = None,
+    tracking: Annotated[
+        float | None, typer.Option(help="kappa in [0, 1): H0 'slope above >= kappa * below'.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Re-run the validity test over the stored history with other settings."""
@@ -507,6 +510,7 @@ def study_analyze(
         min_pairs=min_pairs,
         return_alpha=return_alpha,
         min_dwell=min_dwell,
+        tracking=tracking,
     )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -615,6 +619,9 @@ def validity_calibrate(
         float | None,
         typer.Option(help="A per-domain e-value threshold to measure (default domains/alpha)."),
     ] = None,
+    tracking: Annotated[
+        float, typer.Option(help="kappa: H0 is 'slope above >= kappa * slope below'.")
+    ] = 0.25,
     seed: int = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
@@ -625,11 +632,15 @@ def validity_calibrate(
         raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
     if threshold is not None and not threshold > 1:
         raise SearchlabError(f"--threshold must be > 1, got {threshold}")
+    if not 0 <= tracking < 1:
+        raise SearchlabError(f"--tracking must be in [0, 1), got {tracking}")
     result = calibrate(
         streams=streams,
         horizon=horizon,
         seed=seed,
-        settings=DetectorSettings(alpha=alpha, n_domains=domains, threshold_override=threshold),
+        settings=DetectorSettings(
+            alpha=alpha, n_domains=domains, threshold_override=threshold, tracking=tracking
+        ),
     )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -787,10 +798,11 @@ def _interrupted_code() -> int:
 
 def main() -> None:
     """Console entry point: one-line errors, exit status 2; 130 on interrupt, 143 on SIGTERM."""
-    from searchlab.interrupt import install_sigterm
+    from searchlab.interrupt import install_signal_handlers
 
-    # SIGTERM unwinds like Ctrl-C (the study lease is released, the candidate re-proposed).
-    install_sigterm()
+    # SIGTERM unwinds like Ctrl-C (the study lease is released, the candidate re-proposed), and
+    # neither lands inside a database call or cuts a clean-up short.
+    install_signal_handlers()
     try:
         code = app(standalone_mode=False)
     except SearchlabError as exc:

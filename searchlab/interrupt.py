@@ -9,13 +9,14 @@ honoured there at the latest.
 
 SIGTERM (what ``kill``, systemd and batch schedulers send) is handled like SIGINT: the same
 ``KeyboardInterrupt``, the same cleanup, and the CLI exits 143 instead of 130
-(:func:`install_sigterm`, :func:`received`).
+(:func:`install_signal_handlers`, :func:`received`).
 
 Repeated signals: the first one raises; a further one within ``grace_s`` only sets the latch,
 so a second Ctrl-C cannot cut short the clean-up the first one started (storing that a
-candidate was interrupted, proposing it again, its audit entry). Inside
-:meth:`SignalLatch.deferred` (a critical section: several writes that belong together) no
-signal raises at all; the section ends first and the latch raises right after it.
+candidate was interrupted, proposing it again, its audit entry). Inside a critical section
+(:func:`shielded`, :meth:`SignalLatch.deferred`: several writes that belong together, or one
+database call) no signal raises at all; the section ends first and the signal raises right
+after it.
 """
 
 from __future__ import annotations
@@ -34,37 +35,67 @@ _received: list[int] = []
 # How long after a signal that raised a further one is only latched (seconds).
 GRACE_S = 2.0
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _State:
+    """Process-wide, main thread only: what the handlers and shielded sections share."""
+
+    depth = 0  # nesting of shielded() sections
+    pending = False  # a signal came inside a shielded section and has not raised yet
+    raised_at: float | None = None  # when a signal last raised KeyboardInterrupt
+    grace_s = GRACE_S
+    latch: SignalLatch | None = None  # the latch whose handler is installed
+
 
 def received() -> int | None:
     """The first signal (SIGINT or SIGTERM) that a searchlab handler saw, or None."""
     return _received[0] if _received else None
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    _received.append(signum)
+def _raise_unless_cleaning_up() -> None:
+    """Raises KeyboardInterrupt, unless one was raised within the grace period: its clean-up
+    (storing that a candidate was interrupted, say) must not be cut short by a second Ctrl-C."""
+    now = time.monotonic()
+    if _State.raised_at is not None and now - _State.raised_at <= _State.grace_s:
+        return
+    _State.raised_at = now
     raise KeyboardInterrupt
 
 
-def install_sigterm() -> None:
-    """Makes SIGTERM raise ``KeyboardInterrupt`` like SIGINT (main thread only).
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A critical section: a signal inside it raises only once the section is done.
 
-    The default action of SIGTERM ends the process at once, with no ``finally`` block run (the
-    study lease would stay held until it expires) and exit status -15; this way it unwinds like
-    Ctrl-C, and :func:`received` tells the CLI to exit 143.
+    The storage wraps each database call in one (:func:`searchlab.store._retrying`), so an
+    interrupt never lands inside a transaction: an interrupted SQLite transaction keeps its
+    lock while the traceback holds the connection, and the clean-up that follows (the lease
+    released, the candidate re-proposed) would wait for the process itself. Outside the main
+    thread it does nothing (signals are delivered to the main thread only).
     """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _State.depth += 1
+    try:
+        yield
+    finally:
+        _State.depth -= 1
+    if _State.depth == 0 and _State.pending:
+        _State.pending = False
+        _raise_unless_cleaning_up()
 
 
 class SignalLatch:
-    """What :func:`sigint_latch` yields: call it to raise if a signal came; ``deferred()``
-    delays signals over a critical section."""
+    """A handler for SIGINT and SIGTERM that remembers them.
+
+    Call it to raise ``KeyboardInterrupt`` if a signal came; ``deferred()`` is a critical
+    section (:func:`shielded`).
+    """
 
     def __init__(self, grace_s: float = GRACE_S) -> None:
         self.grace_s = grace_s
         self.seen = threading.Event()
-        self._depth = 0
-        self._raised_at: float | None = None
 
     def __call__(self) -> None:
         """Raises ``KeyboardInterrupt`` if SIGINT or SIGTERM came while the latch was set."""
@@ -74,24 +105,44 @@ class SignalLatch:
     def handler(self, signum: int, frame: Any) -> None:
         _received.append(signum)
         self.seen.set()
-        now = time.monotonic()
-        if self._depth > 0:
-            return  # raised when the critical section ends
-        if self._raised_at is not None and now - self._raised_at <= self.grace_s:
-            return  # the clean-up of the last one is under way: let it finish
-        self._raised_at = now
-        raise KeyboardInterrupt
+        if _State.depth > 0:
+            _State.pending = True  # raised when the critical section ends
+            return
+        _raise_unless_cleaning_up()
 
-    @contextmanager
-    def deferred(self) -> Iterator[None]:
-        """A critical section: a signal inside it raises only once the section is done."""
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-        if self._depth == 0:
-            self()
+    def deferred(self) -> Any:
+        """A critical section: several writes that belong together (see :func:`shielded`)."""
+        return shielded()
+
+
+@contextmanager
+def _installed(latch: SignalLatch) -> Iterator[SignalLatch]:
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    outer, outer_grace = _State.latch, _State.grace_s
+    for s in _SIGNALS:
+        signal.signal(s, latch.handler)
+    _State.latch, _State.grace_s = latch, latch.grace_s
+    try:
+        yield latch
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _State.latch, _State.grace_s = outer, outer_grace
+
+
+def install_signal_handlers() -> None:
+    """Makes SIGINT and SIGTERM raise ``KeyboardInterrupt`` through a latch, for the process.
+
+    The default action of SIGTERM ends the process at once, with no ``finally`` block run (the
+    study lease would stay held until it expires) and exit status -15; this way it unwinds like
+    Ctrl-C, and :func:`received` tells the CLI to exit 143. Both then respect shielded sections
+    and the grace period of a clean-up. Main thread only; a no-op elsewhere.
+    """
+    if threading.current_thread() is threading.main_thread():
+        latch = SignalLatch()
+        for s in _SIGNALS:
+            signal.signal(s, latch.handler)
+        _State.latch, _State.grace_s = latch, latch.grace_s
 
 
 @contextmanager
@@ -106,12 +157,5 @@ def sigint_latch(grace_s: float = GRACE_S) -> Iterator[SignalLatch]:
     if threading.current_thread() is not threading.main_thread():
         yield latch  # no handler is installed, so nothing is ever seen
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, latch.handler)
-    try:
+    with _installed(latch):
         yield latch
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-

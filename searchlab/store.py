@@ -200,12 +200,17 @@ def _retrying(url: str, action: str, fn: Callable[[], _T]) -> _T:
     left nothing behind and calling it again is safe. After :data:`LOCK_WAIT_S` seconds the error
     is reported in one line (:class:`StorageError`); what is stored stays stored.
     """
+    from searchlab.interrupt import shielded
+
     started = time.monotonic()
     delay = 0.05
     with _storage_errors(url, action):
         while True:
             try:
-                return fn()
+                # A signal waits for the call to end: interrupted inside a transaction, SQLite
+                # would keep its lock for as long as the traceback holds the connection.
+                with shielded():
+                    return fn()
             except Exception as exc:
                 waited = time.monotonic() - started
                 if not _is_locked(exc) or waited >= LOCK_WAIT_S:

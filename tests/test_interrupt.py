@@ -13,6 +13,13 @@ from searchlab import interrupt
 from searchlab.interrupt import sigint_latch
 
 
+@pytest.fixture(autouse=True)
+def _fresh_state() -> None:
+    # Each test starts as a fresh process would: no signal raised a moment ago.
+    interrupt._State.raised_at = None
+    interrupt._State.pending = False
+
+
 def test_a_swallowed_sigint_is_raised_at_the_next_check() -> None:
     previous = signal.getsignal(signal.SIGINT)
     with sigint_latch() as check:
@@ -70,12 +77,21 @@ def test_a_signal_inside_a_critical_section_is_raised_at_its_end() -> None:
         raise RuntimeError("an error inside the section is not replaced by the interrupt")
 
 
-def test_install_sigterm_turns_it_into_keyboard_interrupt() -> None:
-    previous = signal.getsignal(signal.SIGTERM)
+def test_the_process_handlers_turn_sigterm_into_keyboard_interrupt_outside_shields() -> None:
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    outer = interrupt._State.latch
     try:
-        interrupt.install_sigterm()
+        interrupt.install_signal_handlers()
+        interrupt._State.raised_at = None
+        done = []
         with pytest.raises(KeyboardInterrupt):
-            _signal_and_wait(signal.SIGTERM)
+            with interrupt.shielded():  # one database call: never interrupted inside it
+                _signal_and_wait(signal.SIGTERM)
+                done.append("committed")
+            done.append("not reached")
+        assert done == ["committed"]
         assert signal.SIGTERM in interrupt._received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        interrupt._State.latch = outer

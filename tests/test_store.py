@@ -253,3 +253,29 @@ def test_a_database_locked_too_long_is_one_line_and_loses_nothing(
         "WAITING",
         "WAITING",
     ]
+
+
+def test_a_signal_never_lands_inside_a_database_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from searchlab import interrupt
+
+    monkeypatch.setattr(interrupt._State, "raised_at", None)
+    db = tmp_path / "s.db"
+    record = Storage(sqlite_url(db), create=True).create(_config())
+    set_user_attr = record.study.set_user_attr
+
+    def slow(key: str, value: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the write is under way
+        time.sleep(0.2)
+        set_user_attr(key, value)
+
+    monkeypatch.setattr(record.study, "set_user_attr", slow)
+    with interrupt.sigint_latch(), pytest.raises(KeyboardInterrupt):
+        record.put("written", 1)
+    # The write completed before the interrupt was raised, and left no lock behind.
+    assert Storage(sqlite_url(db)).load("schema").get("written") == 1
+    with sqlite3.connect(db, timeout=0.5) as conn:
+        conn.execute("CREATE TABLE probe (x INTEGER)")
