@@ -307,7 +307,7 @@ class Storage:
         path = _sqlite_path(url)
         if not create and path is not None and not os.path.exists(path):
             # Reading must not create an empty database where a path was mistyped.
-            raise StorageError(f"storage {url}: no such database file {path!r}")
+            raise StorageError(f"storage {redact(url)}: no such database file {path!r}")
         self._storage: optuna.storages.RDBStorage | None = None
         with _storage_errors(url, "open"):
             if create:
