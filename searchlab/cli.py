@@ -796,6 +796,16 @@ def _interrupted_code() -> int:
     return 143 if received() == signal.SIGTERM else 130
 
 
+def _ignore_further_signals() -> None:
+    # What was interrupted is stored; a second Ctrl-C during the exit must not kill the process
+    # by the signal (exit -2 instead of 130): Python puts SIGINT back to its default action while
+    # it shuts down, but leaves an ignored signal ignored.
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit status 2; 130 on interrupt, 143 on SIGTERM."""
     from searchlab.interrupt import install_signal_handlers
@@ -811,6 +821,7 @@ def main() -> None:
         err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
+        _ignore_further_signals()
         err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")
         sys.exit(_interrupted_code())
     except typer.Exit as exc:
@@ -822,6 +833,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         raise
     if code == 130:  # Typer turns KeyboardInterrupt into exit code 130
+        _ignore_further_signals()
         err.print("interrupted: what finished is stored; continue with 'searchlab study resume'")
         code = _interrupted_code()
     sys.exit(code if isinstance(code, int) else 0)
