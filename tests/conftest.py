@@ -221,3 +221,18 @@ def pg_url() -> Iterator[str]:
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def slow_study_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a CLI subprocess that runs a :func:`slow_study_file` study."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    # The study names slowbackend:SlowSimulated, the test's own module: opt in to importing it.
+    env["SEARCHLAB_TRUST_BACKEND"] = "1"
+    return env
+
+
+def slow_study_cli(*args: str) -> list[str]:
+    """The ``searchlab`` command line as a subprocess of this interpreter."""
+    return [sys.executable, "-m", "searchlab.cli", *args]

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import slow_study_cli as _cli
+from conftest import slow_study_env as _env
 from conftest import slow_study_file
 
 from searchlab.config import validate_study
@@ -196,19 +198,6 @@ def test_reading_does_not_create_the_lease_table(tmp_path: Path) -> None:
 
 
 # -- two resumes at once ----------------------------------------------------------------------
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    # The study names slowbackend:SlowSimulated, the test's own module: opt in to importing it.
-    env["SEARCHLAB_TRUST_BACKEND"] = "1"
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "searchlab.cli", *args]
 
 
 def _complete(url: str, name: str) -> int:

@@ -8,29 +8,16 @@ which is how the test knows what the "leaderboard" saw, independently of what se
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import slow_study_cli as _cli
+from conftest import slow_study_env as _env
 from conftest import slow_study_file
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    # The study names slowbackend:SlowSimulated, the test's own module: opt in to importing it.
-    env["SEARCHLAB_TRUST_BACKEND"] = "1"
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "searchlab.cli", *args]
 
 
 def _complete_count(db: Path, name: str) -> int:
