@@ -1,22 +1,27 @@
-"""End-to-end false alarms of the validity test: a corpus of the engine's own null studies.
+"""End-to-end false alarms and power of the validity test: corpora of the engine's own studies.
 
 A threshold calibrated on simulated streams is only as good as the streams; what matters is
 what the engine really feeds the test (16 pairs chosen by its submission policy, dev from its
 dev-only GP, floored external scores). This module measures that directly:
 
-- :func:`make_corpus` runs the engine on simulated **null** instances (external keeps
-  following dev) with the switch disabled (``policy.switch: false``), at the study file's budget
-  (64 candidates, 16 submissions), and keeps each study in an Optuna storage.
-- :func:`false_alarms` replays any detector setting over every stored study
+- :func:`make_corpus` runs the engine on simulated instances with the switch disabled
+  (``policy.switch: false``), at the study file's budget (64 candidates, 16 submissions), and
+  keeps each study in an Optuna storage. **Null** instances (:data:`NULL_INSTANCES`: external
+  keeps following dev at no less than the tracking fraction) measure false alarms;
+  **alternative** instances (:data:`ALTERNATIVE_INSTANCES`: a weak domain decouples) measure
+  power and delay.
+- :func:`false_alarms` replays any detector setting over every stored null study
   (:func:`searchlab.analysis.reanalyze`, on the dev each pair entered the test with) and counts
   the studies in which any domain would have alarmed at any check.
+- :func:`power` replays a setting over the alternative studies: per weak domain, the share of
+  studies with an alarm before the last round and the delay after the onset.
 
 Why a replay is exact: with the switch disabled the engine's proposals and submissions never
 depend on the test, and with it enabled they do not depend on it before the first alarm (the
 submission policy reads the dev-only GP, not the statistic; the test's dev is fixed when a pair
-enters). So the first alarm of the replay on a null study is the first alarm the engine would
-have raised on it, for any setting. The false-alarm rate is then a binomial proportion over
-independent studies, reported with its exact (Clopper-Pearson) interval.
+enters). So the first alarm of the replay is the first alarm the engine would have raised, for
+any setting. Rates are binomial proportions over independent studies, reported with exact
+(Clopper-Pearson) intervals.
 """
 
 from __future__ import annotations
@@ -24,21 +29,61 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["NULL_INSTANCES", "false_alarms", "make_corpus"]
+__all__ = ["ALTERNATIVE_INSTANCES", "NULL_INSTANCES", "false_alarms", "make_corpus", "power"]
 
 #: Null instances: back-end options of the simulated surface (searchlab.simulation).
 NULL_INSTANCES: dict[str, dict[str, Any]] = {
     # External follows dev along every direction (the hack direction at half the dev rate).
     "null": {"variant": "null", "weak_domains": ["equations"]},
+    # Diminishing returns that never vanish: the slope falls to a / (1 + b D), above half its
+    # initial value for the hack distances D < 2 the search reaches, so above kappa = 0.25.
+    "null-concave": {"variant": "concave", "b_g": 0.5, "weak_domains": ["equations"]},
+    # A training-seed effect shared by dev and external three times the default.
+    "null-seed": {"variant": "null", "seed_effect_sd": 0.25, "weak_domains": ["equations"]},
     # Two weak domains, both still valid.
     "null-two-weak": {"variant": "null", "weak_domains": ["equations", "gravity"]},
 }
 
-_PREFIX = "null-corpus"
+#: Alternative instances: back-end options and the candidate index from which the weak
+#: domains' hack is reachable (``onset``).
+ALTERNATIVE_INSTANCES: dict[str, dict[str, Any]] = {
+    # The study file's instance: external peaks at hack distance 0.2, then falls steeply.
+    "goodhart": {"options": {"b_g": 1.5, "weak_domains": ["equations"]}, "onset": 0},
+    # The paper's case: external rises to the same peak and then stays flat.
+    "plateau": {
+        "options": {"variant": "plateau", "b_g": 1.5, "weak_domains": ["equations"]},
+        "onset": 0,
+    },
+    # The hack becomes reachable only from candidate 24 (round 3).
+    "late-hack": {
+        "options": {"b_g": 1.5, "hack_unlock_at": 24, "weak_domains": ["equations"]},
+        "onset": 24,
+    },
+    "several-weak": {"options": {"b_g": 1.5, "weak_domains": ["equations", "gravity"]}, "onset": 0},
+    # A milder fall (peak at 0.6) that the search mixes with genuine gains.
+    "decline-mixed": {"options": {"b_g": 0.5, "weak_domains": ["equations"]}, "onset": 0},
+}
+
+_NULL_PREFIX = "null-corpus"
+_ALT_PREFIX = "power-corpus"
 
 
 def _study_name(instance: str, seed: int) -> str:
-    return f"{_PREFIX}-{instance}-{seed}"
+    prefix = _NULL_PREFIX if instance in NULL_INSTANCES else _ALT_PREFIX
+    return f"{prefix}-{instance}-{seed}"
+
+
+def _instance_of(name: str) -> str:
+    return name.split("-corpus-", 1)[1].rsplit("-", 1)[0]
+
+
+def _options(instance: str) -> dict[str, Any]:
+    if instance in NULL_INSTANCES:
+        return NULL_INSTANCES[instance]
+    if instance in ALTERNATIVE_INSTANCES:
+        return ALTERNATIVE_INSTANCES[instance]["options"]
+    known = sorted([*NULL_INSTANCES, *ALTERNATIVE_INSTANCES])
+    raise ValueError(f"unknown corpus instance {instance!r}: {known}")
 
 
 def make_corpus(
@@ -51,14 +96,15 @@ def make_corpus(
     threshold: float = 20.0,
     progress: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Runs (or finishes) one null study per instance and seed into ``storage_url``.
+    """Runs (or finishes) one study per instance and seed into ``storage_url``.
 
     A study already finished there is kept as it is; an unfinished one is resumed, so the
-    corpus can be built over several runs and split over processes by seed.
+    corpus can be built over several runs and split over processes by seed. Seeds are the
+    outer loop, so an interrupted build leaves every instance with about as many studies.
 
     Args:
         storage_url: Optuna storage URL.
-        instances: Names from :data:`NULL_INSTANCES`.
+        instances: Names from :data:`NULL_INSTANCES` or :data:`ALTERNATIVE_INSTANCES`.
         seeds: Study seeds (the surface instance and every draw follow the seed).
         rounds: ``(candidates per round, rounds)``; the study file's budget by default.
         external: ``(submissions per round, total)``.
@@ -75,13 +121,13 @@ def make_corpus(
     from searchlab.simulation import DOMAINS, canonical_space
     from searchlab.store import Storage
 
+    for instance in instances:
+        _options(instance)  # unknown names fail before anything runs
     storage = Storage(storage_url, create=True)
     existing = set(storage.names())
     names = []
-    for instance in instances:
-        if instance not in NULL_INSTANCES:
-            raise ValueError(f"unknown null instance {instance!r}: {sorted(NULL_INSTANCES)}")
-        for seed in seeds:
+    for seed in seeds:
+        for instance in instances:
             name = _study_name(instance, seed)
             config = validate_study(
                 {
@@ -89,7 +135,7 @@ def make_corpus(
                     "seed": int(seed),
                     "domains": [{"name": d} for d in DOMAINS],
                     "space": canonical_space(list(DOMAINS)),
-                    "backend": {"name": "simulated", "options": NULL_INSTANCES[instance]},
+                    "backend": {"name": "simulated", "options": _options(instance)},
                     "rounds": {"candidates": rounds[0], "count": rounds[1]},
                     "external": {
                         "per_round": external[0],
@@ -98,7 +144,7 @@ def make_corpus(
                     },
                     "policy": {"warmup_rounds": 1, "threshold": threshold, "switch": False},
                 },
-                source=f"null corpus {instance} seed {seed}",
+                source=f"corpus {instance} seed {seed}",
             )
             record = storage.load(name) if name in existing else storage.create(config)
             if not record.get("finished"):
@@ -132,7 +178,7 @@ def false_alarms(
 
     storage = Storage(storage_url)
     if names is None:
-        names = [n for n in storage.names() if n.startswith(_PREFIX + "-")]
+        names = [n for n in storage.names() if n.startswith(_NULL_PREFIX + "-")]
     studies = 0
     alarmed: dict[str, list[str]] = {}
     by_domain: dict[str, int] = {}
@@ -151,7 +197,7 @@ def false_alarms(
             if first is not None:
                 fired.append(f"{d}@{first['candidate']}")
                 by_domain[d] = by_domain.get(d, 0) + 1
-        instance = name[len(_PREFIX) + 1 :].rsplit("-", 1)[0]
+        instance = _instance_of(name)
         counts = by_instance.setdefault(instance, [0, 0])
         counts[0] += 1
         counts[1] += bool(fired)
@@ -169,3 +215,68 @@ def false_alarms(
         "settings": settings,
         "alarms": alarmed,
     }
+
+
+def power(
+    storage_url: str, *, names: Sequence[str] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Per alternative instance and weak domain: alarms before the last round, and their delay.
+
+    An alarm counts when the check that raised it came from a submission before the study's
+    last round (what is left to change then is only the recommendation). Its delay is the number
+    of candidates evaluated when it fired, minus the instance's onset.
+
+    Args:
+        storage_url: The corpus's storage.
+        names: Studies to replay (default: every alternative corpus study in the storage).
+        **overrides: Detector settings, as for :func:`false_alarms`.
+
+    Returns:
+        A JSON-safe dict: ``settings`` and ``instances``: per instance, ``studies``, and per weak
+        domain ``detected`` (studies alarmed before the last round), ``rate``, ``ci95``,
+        ``delays`` (one per detection) and ``median_delay``; plus ``healthy_alarms`` (studies
+        with an alarm on a domain that is not weak).
+    """
+    from statistics import median
+
+    from statsmodels.stats.proportion import proportion_confint
+
+    from searchlab.analysis import reanalyze
+    from searchlab.store import Storage
+
+    storage = Storage(storage_url)
+    if names is None:
+        names = [n for n in storage.names() if n.startswith(_ALT_PREFIX + "-")]
+    out: dict[str, dict[str, Any]] = {}
+    settings: dict[str, Any] = {}
+    for name in names:
+        record = storage.load(name)
+        if not record.get("finished"):
+            continue
+        instance = _instance_of(name)
+        spec = ALTERNATIVE_INSTANCES[instance]
+        rounds = record.config_data["rounds"]
+        k, last = int(rounds["candidates"]), int(rounds["count"]) - 1
+        result = reanalyze(record, **overrides)
+        settings = result["settings"]
+        row = out.setdefault(instance, {"studies": 0, "domains": {}, "healthy_alarms": 0})
+        row["studies"] += 1
+        healthy = False
+        for d, v in result["domains"].items():
+            first = v["reanalysis"]["first_switch"]
+            r = None if first is None else record.get(f"external.{first['candidate']}")["round"]
+            if d not in spec["options"]["weak_domains"]:
+                healthy = healthy or first is not None
+                continue
+            cell = row["domains"].setdefault(d, {"detected": 0, "delays": []})
+            if r is not None and r < last:
+                cell["detected"] += 1
+                cell["delays"].append((r + 1) * k - spec["onset"])
+        row["healthy_alarms"] += healthy
+    for row in out.values():
+        for cell in row["domains"].values():
+            lo, hi = proportion_confint(cell["detected"], row["studies"], alpha=0.05, method="beta")
+            cell["rate"] = cell["detected"] / row["studies"]
+            cell["ci95"] = [float(lo), float(hi)]
+            cell["median_delay"] = median(cell["delays"]) if cell["delays"] else None
+    return {"settings": settings, "instances": out}

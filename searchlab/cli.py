@@ -653,19 +653,23 @@ def validity_calibrate(
 def validity_corpus(
     storage: StorageOpt = None,
     instance: Annotated[
-        list[str] | None, typer.Option(help="Null instance (repeatable; default: all).")
+        list[str] | None,
+        typer.Option(
+            help="Null or alternative instance (repeatable; default: every null instance)."
+        ),
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Studies per instance.")] = 10,
     first_seed: Annotated[int, typer.Option(min=0, help="The first seed.")] = 0,
 ) -> None:
-    """Run (or finish) the engine's null studies that `validity replay` measures."""
-    from searchlab.calibration import NULL_INSTANCES, make_corpus
+    """Run (or finish) the engine's studies that `validity replay` and `validity power` measure."""
+    from searchlab.calibration import ALTERNATIVE_INSTANCES, NULL_INSTANCES, make_corpus
 
     _quiet_libraries()
     names = list(instance or NULL_INSTANCES)
-    unknown = [n for n in names if n not in NULL_INSTANCES]
+    known = [*NULL_INSTANCES, *ALTERNATIVE_INSTANCES]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SearchlabError(f"--instance {unknown[0]!r}: not one of {sorted(NULL_INSTANCES)}")
+        raise SearchlabError(f"--instance {unknown[0]!r}: not one of {sorted(known)}")
     make_corpus(
         _storage_url(storage),
         instances=names,

@@ -35,8 +35,14 @@ Formulas (logit scale; ``sigma`` is the logistic function):
     ``D* = a_g / (2 b_g)``, then decline;
   - ``variant="rl"``: RL form ``R(D) = D * (a_g - b_g * log D)``, peak at
     ``D* = exp(a_g / b_g - 1)``;
+  - ``variant="plateau"``: the best-of-n form up to its peak ``D* = a_g / (2 b_g)``, then flat
+    at ``a_g^2 / (4 b_g)``: dev keeps making records while external does not move (the case the
+    A-Evolve-Training paper reports);
   - ``variant="null"``: ``b_g = 0``, ``R(D) = a_g * D``: external keeps following dev (no
-    Goodhart; for measuring false alarms).
+    Goodhart; for measuring false alarms);
+  - ``variant="concave"``: ``R(D) = (a_g / b_g) log(1 + b_g D)``: diminishing but never
+    vanishing returns, slope ``a_g / (1 + b_g D)`` (a null for the tracking test while
+    ``1 / (1 + b_g D)`` stays above its tracking fraction).
 
 - Accuracies: ``sigma(dev_d + e_d)`` and ``sigma(external_d + e_d)``, where ``e_d ~ N(0,
   seed_effect_sd^2)`` is a training-seed effect of the run ``(recipe, run_seed)``, shared by its
@@ -101,7 +107,7 @@ DOMAINS: tuple[str, ...] = (
 )
 """The six families of the NVIDIA Nemotron Reasoning Challenge."""
 
-VARIANTS: tuple[str, ...] = ("goodhart", "null", "rl")
+VARIANTS: tuple[str, ...] = ("goodhart", "null", "rl", "plateau", "concave")
 LORA_RANKS: tuple[int, ...] = (8, 16, 32, 64, 128)
 LOG10_LR_LOW = -5.5
 LOG10_LR_HIGH = -3.5
@@ -220,7 +226,9 @@ class SurfaceConfig:
         domains: Domain names; unknown names get a generic profile.
         weak_domains: Domains whose dev can be inflated by ``template_share``.
         variant: ``"goodhart"`` (external peaks then declines in the hack distance), ``"null"``
-            (``b_g = 0``: external keeps following dev) or ``"rl"`` (``D (a_g - b_g log D)``).
+            (``b_g = 0``: external keeps following dev), ``"rl"`` (``D (a_g - b_g log D)``),
+            ``"plateau"`` (the goodhart form up to its peak, then flat) or ``"concave"``
+            (``(a_g / b_g) log(1 + b_g D)``: diminishing returns, no peak).
         hack_unlock_at: Candidate index from which ``template_share`` has any effect; ``None``
             means always. Calls with ``candidate=None`` treat the hack as unlocked.
         a_p: Dev gain per unit hack distance.
@@ -269,6 +277,8 @@ class SurfaceConfig:
         for name in ("resolution", "leaderboard_noise", "seed_effect_sd", "b_g"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.variant in ("plateau", "concave") and self.b_g <= 0:
+            raise ValueError(f"b_g: the {self.variant} variant needs b_g > 0, got {self.b_g}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SurfaceConfig:
@@ -428,7 +438,7 @@ class ResponseSurface:
     def hack_peak(self) -> float:
         """The hack distance ``D*`` at which a weak domain's external term peaks (inf: never)."""
         cfg = self.config
-        if cfg.variant == "null" or cfg.b_g == 0:
+        if cfg.variant in ("null", "concave") or cfg.b_g == 0:
             return math.inf
         if cfg.variant == "rl":
             return math.exp(cfg.a_g / cfg.b_g - 1.0)
@@ -526,6 +536,10 @@ class ResponseSurface:
         if cfg.variant == "rl":
             safe = np.where(dist > 0, dist, 1.0)
             return np.where(dist > 0, dist * (cfg.a_g - cfg.b_g * np.log(safe)), 0.0)
+        if cfg.variant == "concave":
+            return cfg.a_g / cfg.b_g * np.log1p(cfg.b_g * dist)
+        if cfg.variant == "plateau":
+            dist = np.minimum(dist, cfg.a_g / (2.0 * cfg.b_g))  # flat beyond the peak
         return dist * (cfg.a_g - cfg.b_g * dist)
 
     def _recipe_logits(
