@@ -340,6 +340,8 @@ def study_settings(record: StudyRecord) -> dict[str, Any]:
         min_dwell=int(hysteresis.get("min_dwell", base.min_dwell)),
         # A study stored before policy.tracking existed ran the "slope above >= 0" test.
         tracking=float(policy.get("tracking", 0.0)),
+        hinge_form=policy.get("hinge_form", base.hinge_form),
+        prior_scale=float(policy.get("prior_scale", base.prior_scale)),
         **extra,
     ).to_dict()
 

@@ -59,6 +59,7 @@ from pydantic import (
 )
 
 from searchlab.errors import StudyFileError
+from searchlab.validity import HingeForm
 
 # Matched with fullmatch: "$" alone would accept a trailing newline ("small\n").
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -314,6 +315,10 @@ class PolicyConfig(_Strict):
     # maximum in warm-up sds (searchlab.validity.DetectorSettings explains the defaults).
     knot_quantiles: tuple[float, ...] = ()
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
+    # The regression per knot and the prior scale g of its mixture e-value (the slope's prior
+    # variance in residual variances per squared warm-up dev sd); searchlab.validity explains.
+    hinge_form: HingeForm = HingeForm.QUAD
+    prior_scale: float = Field(default=8.0, gt=0, le=1e4)
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
     # Per-domain alarm threshold on the e-value. None: n_domains / alpha (Ville + Bonferroni,
     # anytime-valid whatever the data, conservative). A number: a threshold calibrated by

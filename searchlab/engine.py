@@ -127,6 +127,8 @@ class Engine:
             return_alpha=config.policy.hysteresis.return_alpha,
             min_dwell=config.policy.hysteresis.min_dwell,
             tracking=config.policy.tracking,
+            hinge_form=config.policy.hinge_form,
+            prior_scale=config.policy.prior_scale,
         )
         self.tests = {d: ValidityTest(settings=self.settings) for d in self.domains}
         knots = record.get("validity.warmup_dev")

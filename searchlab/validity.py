@@ -134,6 +134,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -142,6 +143,7 @@ from scipy import special, stats
 __all__ = [
     "DetectorSettings",
     "DomainMonitor",
+    "HingeForm",
     "ValidityResult",
     "ValidityTest",
     "calibrate",
@@ -151,7 +153,17 @@ __all__ = [
 
 _LOG_MAX = 690.0  # exp(690) ~ 1e300: cap so statistics stay finite floats
 _MODES = ("proxy", "decoupled")
-_FORMS = ("quad", "linear", "local")
+
+
+class HingeForm(StrEnum):
+    """The regression the test fits per knot (module docstring, "Hinge regression")."""
+
+    QUAD = "quad"  # hinge with a quadratic term below the knot
+    LINEAR = "linear"  # the plain hinge
+    LOCAL = "local"  # a line through the pairs above the knot only
+
+
+_FORMS = tuple(f.value for f in HingeForm)
 
 
 @dataclass(frozen=True)
@@ -189,7 +201,7 @@ class DetectorSettings:
     return_alpha: float = 0.05
     min_dwell: int = 8
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
-    hinge_form: str = "quad"
+    hinge_form: HingeForm = HingeForm.QUAD
     threshold_override: float | None = None
     tracking: float = 0.25
 
@@ -208,6 +220,7 @@ class DetectorSettings:
             raise ValueError("need min_pairs >= 6, min_above >= 1, min_dwell >= 0")
         if self.hinge_form not in _FORMS:
             raise ValueError(f"hinge_form must be one of {_FORMS}")
+        object.__setattr__(self, "hinge_form", HingeForm(self.hinge_form))
         if self.threshold_override is not None and not self.threshold_override > 1.0:
             raise ValueError("threshold_override must be > 1")
         # 0 is today's replay of studies stored before kappa existed (H0: slope above >= 0).
@@ -243,7 +256,7 @@ class DetectorSettings:
             "return_alpha": self.return_alpha,
             "min_dwell": self.min_dwell,
             "knot_offsets": list(self.knot_offsets),
-            "hinge_form": self.hinge_form,
+            "hinge_form": self.hinge_form.value,
             "threshold_override": self.threshold_override,
             "tracking": self.tracking,
         }
