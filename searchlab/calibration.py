@@ -280,3 +280,105 @@ def power(
             cell["ci95"] = [float(lo), float(hi)]
             cell["median_delay"] = median(cell["delays"]) if cell["delays"] else None
     return {"settings": settings, "instances": out}
+
+
+def _streams(record: Any) -> dict[str, dict[str, Any]]:
+    """Per domain, the pairs as the validity test received them: ``x`` (the dev fixed at
+    entry), ``y`` (external), ``rounds`` (each pair's submission round) and ``warm`` (warm-up
+    dev the knots were fixed from)."""
+    import numpy as np
+
+    from searchlab.analysis import submissions
+
+    done = [s for s in submissions(record) if s.get("state") == "done" and s.get("test_dev")]
+    warm = record.get("validity.warmup_dev") or {}
+    return {
+        d: {
+            "x": np.array([s["test_dev"][d] for s in done], dtype=float),
+            "y": np.array([s["scores"][d] for s in done], dtype=float),
+            "rounds": [int(s["round"]) for s in done],
+            "warm": np.asarray(warm[d], dtype=float),
+        }
+        for d in warm
+    }
+
+
+def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
+    """The validity test and the peer detectors (:mod:`searchlab.peers`) on the same corpus.
+
+    Each peer's threshold is the most sensitive value of its grid whose false alarms on the null
+    corpus (studies with an alarm in any domain at any check) are no more than the validity
+    test's at ``overrides``; power is then counted as in :func:`power` (a weak-domain alarm
+    from a submission before the last round; delay in candidates after the onset).
+
+    Args:
+        storage_url: The corpus's storage (null and alternative studies).
+        **overrides: Settings of the validity test, as for :func:`false_alarms`.
+
+    Returns:
+        A JSON-safe dict: ``validity_test`` (its ``false_alarms`` and ``power``) and ``peers``:
+        per peer, ``threshold``, ``null_studies_with_alarm``, ``null_studies`` and ``power``
+        (per instance and weak domain: ``detected``, ``studies``, ``rate``, ``median_delay``).
+    """
+    from statistics import median
+
+    from searchlab.peers import PEERS
+    from searchlab.store import Storage
+
+    storage = Storage(storage_url)
+    nulls, alts = [], []
+    for name in storage.names():
+        if not name.startswith((_NULL_PREFIX + "-", _ALT_PREFIX + "-")):
+            continue
+        record = storage.load(name)
+        if not record.get("finished"):
+            continue
+        rounds = record.config_data["rounds"]
+        entry = {
+            "instance": _instance_of(name),
+            "streams": _streams(record),
+            "k": int(rounds["candidates"]),
+            "last": int(rounds["count"]) - 1,
+        }
+        (nulls if name.startswith(_NULL_PREFIX) else alts).append(entry)
+    ours = false_alarms(storage_url, **overrides)
+    target = ours["with_alarm"]
+
+    def null_count(detector: Callable[..., int | None], threshold: float) -> int:
+        return sum(
+            any(
+                detector(s["x"], s["y"], s["warm"], threshold=threshold) is not None
+                for s in study["streams"].values()
+            )
+            for study in nulls
+        )
+
+    peers: dict[str, Any] = {}
+    for peer, (detector, grid) in PEERS.items():
+        # The grids run from sensitive to strict; keep the first that matches the target.
+        chosen = next((t for t in grid if null_count(detector, t) <= target), grid[-1])
+        table: dict[str, dict[str, Any]] = {}
+        for study in alts:
+            spec = ALTERNATIVE_INSTANCES[study["instance"]]
+            for d in spec["options"]["weak_domains"]:
+                s = study["streams"][d]
+                cell = table.setdefault(f"{study['instance']}/{d}", {"detected": 0, "studies": 0})
+                cell.setdefault("delays", [])
+                cell["studies"] += 1
+                pair = detector(s["x"], s["y"], s["warm"], threshold=chosen)
+                if pair is not None and s["rounds"][pair - 1] < study["last"]:
+                    cell["detected"] += 1
+                    cell["delays"].append((s["rounds"][pair - 1] + 1) * study["k"] - spec["onset"])
+        for cell in table.values():
+            cell["rate"] = cell["detected"] / cell["studies"]
+            cell["median_delay"] = median(cell["delays"]) if cell["delays"] else None
+        peers[peer] = {
+            "threshold": float(chosen),
+            "null_studies_with_alarm": null_count(detector, chosen),
+            "null_studies": len(nulls),
+            "power": table,
+        }
+    return {
+        "validity_test": {"false_alarms": ours, "power": power(storage_url, **overrides)},
+        "peers": peers,
+    }

@@ -620,9 +620,7 @@ class Engine:
         except Exception as exc:
             error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
             with self._latch.deferred():
-                self.record.put(
-                    f"external.{number}", {**intent, "state": "failed", "error": error}
-                )
+                self.record.put(f"external.{number}", {**intent, "state": "failed", "error": error})
                 self.record.audit("submission_failed", round=r, candidate=number, error=error)
             return
         # The answer, its audit entry and the validity test on it belong together: a signal
@@ -647,9 +645,7 @@ class Engine:
 
     def _fix_knots(self, models: _Models) -> None:
         """Fixes each domain's knot grid from the warm-up candidates' dev-only de-noised dev."""
-        warm = {
-            d: t.tolist() for d, t in zip(self.domains, self._test_dev(models), strict=True)
-        }
+        warm = {d: t.tolist() for d, t in zip(self.domains, self._test_dev(models), strict=True)}
         for d in self.domains:
             self.tests[d].fix_knots(np.asarray(warm[d]))
         self.record.put("validity.warmup_dev", warm)
@@ -756,9 +752,7 @@ class Engine:
         )
         if basis == "modelled external":
             basis = why
-        out_of_range = {
-            str(n): f for n, f in zip(models.numbers, flags, strict=True) if f
-        }
+        out_of_range = {str(n): f for n, f in zip(models.numbers, flags, strict=True) if f}
         mean_dev = {
             n: sum(w * done[n].dev[d] for d, w in zip(self.domains, self.weights, strict=True))
             for n in done

@@ -243,8 +243,10 @@ def recommend(
         ok = np.array([not f for f in implausible], dtype=bool)
     if ok.any() and not np.isnan(values[ok]).all():
         i = int(np.nanargmax(np.where(ok, values, np.nan)))
-        basis = "modelled external" if ok.all() else (
-            "modelled external, among candidates whose model is in range"
+        basis = (
+            "modelled external"
+            if ok.all()
+            else ("modelled external, among candidates whose model is in range")
         )
         return numbers[i], float(values[i]), basis
     if observed_external:

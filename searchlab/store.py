@@ -561,6 +561,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     # Fail fast on an unreachable server instead of hanging for minutes.
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
 
+
 class StudyRecord:
     """Read and write access to one stored study.
 
@@ -970,9 +971,7 @@ class StudyLease:
         table = self._table()
 
         def read(conn: Any) -> Any:
-            return conn.execute(
-                table.select().where(table.c.study_name == self.study_name)
-            ).first()
+            return conn.execute(table.select().where(table.c.study_name == self.study_name)).first()
 
         row = self._run("read", read)
         if row is None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from searchlab.calibration import false_alarms, make_corpus
+from searchlab.calibration import compare_peers, false_alarms, make_corpus, power
+from searchlab.peers import PEERS
 from searchlab.store import Storage
 
 
@@ -33,11 +34,35 @@ def test_replay_of_the_studies_own_setting_is_what_the_studies_recorded(tmp_path
     assert same["studies"] == 2
     recorded = {n: _ignored_alarms(url, n) for n in names}
     replayed = {
-        n: {a.split("@")[0]: int(a.split("@")[1]) for a in same["alarms"].get(n, [])}
-        for n in names
+        n: {a.split("@")[0]: int(a.split("@")[1]) for a in same["alarms"].get(n, [])} for n in names
     }
     assert replayed == recorded
     assert same["with_alarm"] == sum(1 for r in recorded.values() if r)
     # A stricter setting can only remove alarms.
     strict = false_alarms(url, threshold=1e9)
     assert strict["with_alarm"] == 0 and strict["ci95"][0] == 0.0
+
+
+def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'corpus.db'}"
+    small = {"rounds": (5, 3), "external": (3, 9), "threshold": 1.5}
+    names = make_corpus(url, instances=["null", "plateau"], seeds=[5], **small)
+    assert names == ["null-corpus-null-5", "power-corpus-plateau-5"]
+    result = power(url, threshold=1.5)
+    cell = result["instances"]["plateau"]["domains"]["equations"]
+    recorded = _ignored_alarms(url, "power-corpus-plateau-5").get("equations")
+    record = Storage(url).load("power-corpus-plateau-5")
+    before_last = recorded is not None and record.get(f"external.{recorded}")["round"] < 2
+    assert cell["detected"] == int(before_last)
+    assert result["instances"]["plateau"]["studies"] == 1
+    # The null studies are not counted as power, nor the alternative ones as false alarms.
+    assert false_alarms(url, threshold=1.5)["studies"] == 1
+
+    compared = compare_peers(url, threshold=1.5)
+    ours = compared["validity_test"]["false_alarms"]["with_alarm"]
+    for name, peer in compared["peers"].items():
+        assert peer["null_studies"] == 1
+        # At most the test's false alarms, unless even the strictest threshold has more.
+        strictest = float(PEERS[name][1][-1])
+        assert peer["null_studies_with_alarm"] <= ours or peer["threshold"] == strictest
+        assert set(peer["power"]) == {"plateau/equations"}

@@ -411,3 +411,38 @@ def test_seed_effect_is_shared_by_dev_and_external(
         assert r > 0.2
     else:
         assert abs(r) < 0.1
+
+
+def test_plateau_variant_rises_to_the_goodhart_peak_then_stays_flat(
+    opt: tuple[float, dict],
+) -> None:
+    cfg = {"b_g": 1.5}
+    flat = ResponseSurface(config=SurfaceConfig(variant="plateau", **cfg), instance_seed=0)
+    fall = ResponseSurface(config=SurfaceConfig(variant="goodhart", **cfg), instance_seed=0)
+    shares = np.linspace(0.0, 1.0, 41)
+    dev = np.array([flat.true_dev(with_(opt[1], template_share=h))["equations"] for h in shares])
+    ext = np.array(
+        [flat.true_external(with_(opt[1], template_share=h))["equations"] for h in shares]
+    )
+    ext_fall = np.array(
+        [fall.true_external(with_(opt[1], template_share=h))["equations"] for h in shares]
+    )
+    assert np.all(np.diff(dev) > 0)  # dev keeps making records
+    dist = np.array([hack_distance(with_(opt[1], template_share=h)) for h in shares])
+    before, after = dist <= flat.hack_peak(), dist > flat.hack_peak()
+    assert before.sum() >= 1 and after.sum() >= 10
+    # Up to the peak the two variants agree; beyond it the plateau is flat at the peak value.
+    assert np.allclose(ext[before], ext_fall[before], atol=1e-12)
+    assert np.ptp(ext[after]) == pytest.approx(0.0, abs=1e-12)
+    assert np.all(ext[after] > ext_fall[after])
+    assert flat.hack_peak() == pytest.approx(fall.hack_peak())
+
+
+def test_concave_variant_keeps_rising_with_diminishing_returns(opt: tuple[float, dict]) -> None:
+    s = ResponseSurface(config=SurfaceConfig(variant="concave", b_g=0.5), instance_seed=0)
+    shares = np.linspace(0.0, 1.0, 41)
+    ext = np.array([s.true_external(with_(opt[1], template_share=h))["equations"] for h in shares])
+    assert np.all(np.diff(ext) > 0)
+    assert s.hack_peak() == math.inf
+    with pytest.raises(ValueError, match="b_g"):
+        SurfaceConfig(variant="plateau", b_g=0.0)
