@@ -323,7 +323,7 @@ def export(record: StudyRecord, fmt: str, out_dir: str | os.PathLike[str]) -> li
 
 def study_settings(record: StudyRecord) -> dict[str, Any]:
     """The detector settings the study ran with (as :meth:`DetectorSettings.to_dict`)."""
-    from searchlab.validity import DetectorSettings
+    from searchlab.validity import DetectorSettings, HingeForm
 
     policy = record.config_data.get("policy", {}) or {}
     hysteresis = policy.get("hysteresis", {}) or {}
@@ -340,7 +340,8 @@ def study_settings(record: StudyRecord) -> dict[str, Any]:
         min_dwell=int(hysteresis.get("min_dwell", base.min_dwell)),
         # A study stored before policy.tracking existed ran the "slope above >= 0" test.
         tracking=float(policy.get("tracking", 0.0)),
-        hinge_form=policy.get("hinge_form", base.hinge_form),
+        # ... and the quadratic hinge, the default before policy.hinge_form existed.
+        hinge_form=policy.get("hinge_form", HingeForm.QUAD),
         prior_scale=float(policy.get("prior_scale", base.prior_scale)),
         **extra,
     ).to_dict()

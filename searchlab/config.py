@@ -317,7 +317,7 @@ class PolicyConfig(_Strict):
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     # The regression per knot and the prior scale g of its mixture e-value (the slope's prior
     # variance in residual variances per squared warm-up dev sd); searchlab.validity explains.
-    hinge_form: HingeForm = HingeForm.QUAD
+    hinge_form: HingeForm = HingeForm.LINEAR
     prior_scale: float = Field(default=8.0, gt=0, le=1e4)
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
     # Per-domain alarm threshold on the e-value. None: n_domains / alpha (Ville + Bonferroni,

@@ -9,41 +9,57 @@ raw observed dev of a candidate chosen for its dev (winner's curse).
 
 The hypothesis, in the user's terms
 -----------------------------------
-Above a knot ``k`` (the dev-record region) external rises with dev at rate ``s``; just below it
-at rate ``b``. With the tracking fraction ``kappa`` (:attr:`DetectorSettings.tracking`):
+Above a knot ``k`` (the dev-record region) external rises with dev at rate ``s``; below it at
+rate ``b``. With the tracking fraction ``kappa`` (:attr:`DetectorSettings.tracking`):
 
 * ``H0`` (valid): ``s >= kappa * b``: external keeps rising with dev at no less than a fraction
-  ``kappa`` of the rate seen before the record region;
+  ``kappa`` of the rate seen below the record region;
 * ``H1`` (decoupled): ``s < kappa * b``: a plateau (``s = 0``) and a fall (``s < 0``) are both
   alternatives.
 
-``kappa = 0`` is the earlier test "slope above >= 0", which has a plateau on its boundary
-(detected at the nominal level only, by construction); it is kept so that studies stored before
-``tracking`` existed replay as they ran. Correlation is not tested: it falls with no Goodhart at
-all as the optimiser concentrates (range restriction).
+Pictured (external against dev; ``|`` is the knot)::
+
+    valid (H0)                plateau (H1)              fall (H1)
+              |   .´                    |                         |
+              | .´                      |                         |`.
+           .´ |                      .´ |--------              .´ |  `.
+        .´    |                   .´    |                   .´    |    `.
+
+With the default ``hinge_form="linear"`` ``b`` is the slope of one line through the pairs below
+the knot (their average rate); with ``"quad"`` it is the slope just below the knot. ``kappa = 0``
+is the earlier test "slope above >= 0", which has a plateau on its boundary (detected at the
+nominal level only, by construction); it is kept, with ``"quad"``, so that studies stored before
+``tracking`` and ``hinge_form`` existed replay as they ran. Correlation is not tested: it falls
+with no Goodhart at all as the optimiser concentrates (range restriction).
 
 Hinge regression
 ----------------
-For a knot ``k`` (fixed once, after warm-up) the default model (``hinge_form="quad"``) is
+For a knot ``k`` (fixed once, after warm-up) the default model (``hinge_form="linear"``, the
+plain hinge) is
 
 .. math::
 
-    y_i = a + b\,u_i + c\,u_i^2 + s\,(x_i - k)_+ + \varepsilon_i,
-    \qquad u_i = \min(x_i, k) - k, \qquad \varepsilon_i \sim N(0, \sigma^2),
+    y_i = a + b \min(x_i, k) + s\,(x_i - k)_+ + \varepsilon_i,
+    \qquad \varepsilon_i \sim N(0, \sigma^2),
 
-continuous at ``k``: ``b`` is the slope just below the knot, ``c`` absorbs curvature below it and
-``s`` is the slope above it. ``hinge_form="linear"`` drops ``c`` (``y = a + b min(x, k) +
-s (x - k)_+``, the plain hinge); ``hinge_form="local"`` fits a line through the pairs above the
-knot only (no continuity: the OLS slope of any non-decreasing link is non-negative in
-expectation, so this form is the most robust and the least powerful). The plain hinge is biased
-towards ``s < 0`` when the link is concave below the knot (the continuity constraint makes the
-straight lower segment overshoot at the knot): with knots in the high-dev region it gave 4-5 %
-false alarms at ``n_domains = 1`` on concave-but-increasing nulls, the quadratic term removes
-that (see :func:`calibrate`). With ``delta = s - kappa b`` the model is rewritten as
-``y = a + b (u + kappa (x - k)_+) + c u^2 + delta (x - k)_+`` (same fit, ``delta`` in the last
-column), and the alarm test is ``H0: delta >= 0`` against ``H1: delta < 0`` (``direction=-1``);
-the mirrored test used for the return to proxy mode is ``H0: delta <= 0`` against ``delta > 0``
-(``direction=+1``). ``"local"`` has no ``b`` and tests ``s`` against 0 (``kappa`` ignored).
+continuous at ``k``. ``hinge_form="quad"`` adds ``c u_i^2`` with ``u_i = \min(x_i, k) - k``, so
+that ``b`` is the slope just below the knot and ``c`` absorbs curvature below it;
+``hinge_form="local"`` fits a line through the pairs above the knot only (no continuity: the OLS
+slope of any non-decreasing link is non-negative in expectation, so this form is the most robust
+and the least powerful; ``kappa`` does not apply). Why the plain hinge is the default: with the
+engine's 16 pairs per domain, the quadratic term's extra parameter, estimated from the few pairs
+below a high knot, made ``delta`` too uncertain to ever reach the threshold (the main job's
+tuning seeds 0 and 1: no alarm with ``"quad"``, alarms in rounds 4 and 6 with ``"linear"``), and
+on simulated streams it detected 21 % of plateaus against 57 % (docs/RESULTS.md). Its cost: on a
+concave link the straight lower segment overshoots at the knot, which biases ``s`` down; at
+``kappa = 0`` that gave 4-5 % false alarms per domain on concave-but-increasing nulls, and at
+``kappa = 0.25`` a concave link whose rate above the knot falls to about a fifth of its average
+rate below is, in these terms, an alternative (measured on streams: 4 of 33 concave streams).
+With ``delta = s - kappa b`` the model is rewritten as ``y = a + b (min(x, k) + kappa (x -
+k)_+) + delta (x - k)_+`` (``"quad"``: ``y = a + b (u + kappa (x - k)_+) + c u^2 + delta (x -
+k)_+``; same fit, ``delta`` in the last column), and the alarm test is ``H0: delta >= 0``
+against ``H1: delta < 0`` (``direction=-1``); the mirrored test used for the return to proxy
+mode is ``H0: delta <= 0`` against ``delta > 0`` (``direction=+1``).
 
 Mixture Bayes factor (Lindon, Ham, Tingley & Bojinov 2022)
 ----------------------------------------------------------
@@ -103,7 +119,7 @@ Two kinds, never to be confused:
   Each knot's ``E_k`` is a test martingale for the point null ``delta = 0`` (Lindon et al. 2022;
   Pérez-Ortiz, Lardy, de Heide & Grünwald 2024, "E-statistics, group invariance and anytime
   valid testing") under these conditions: Gaussian homoscedastic errors, a correctly specified
-  mean (the hinge with the quadratic term), and a predictable design (each ``x_i`` known before
+  mean (the hinge), and a predictable design (each ``x_i`` known before
   ``y_i`` and never revised: the engine meets this by fixing the dev-only ``x_i`` at entry). For
   ``delta`` on the null side the one-sided mixture is smaller in expectation (monotone
   likelihood ratio), so the composite null is covered. Ville's inequality,
@@ -183,8 +199,9 @@ class DetectorSettings:
         min_dwell: A decoupled domain returns only after at least this many pairs have arrived
             since the switch.
         knot_offsets: Further knots at ``max(warm-up dev) + c * sd(warm-up dev)`` for each ``c``.
-        hinge_form: ``"quad"`` (hinge with a quadratic term below the knot), ``"linear"`` (the
-            plain hinge) or ``"local"`` (a line through the pairs above the knot only).
+        hinge_form: ``"linear"`` (the plain hinge, the default), ``"quad"`` (with a quadratic
+            term below the knot; the default of studies stored before this setting existed) or
+            ``"local"`` (a line through the pairs above the knot only).
         threshold_override: A per-domain threshold calibrated by simulation, in place of
             ``n_domains / alpha``.
         tracking: ``kappa``: the proxy is valid while the slope above the knot is at least
@@ -201,7 +218,7 @@ class DetectorSettings:
     return_alpha: float = 0.05
     min_dwell: int = 8
     knot_offsets: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
-    hinge_form: HingeForm = HingeForm.QUAD
+    hinge_form: HingeForm = HingeForm.LINEAR
     threshold_override: float | None = None
     tracking: float = 0.25
 
@@ -272,8 +289,10 @@ class DetectorSettings:
             The settings.
         """
         kwargs = dict(d)
-        # Settings stored before the tracking fraction existed tested "slope above >= 0".
+        # Settings stored before the tracking fraction existed tested "slope above >= 0", with
+        # the quadratic hinge (the default then).
         kwargs.setdefault("tracking", 0.0)
+        kwargs.setdefault("hinge_form", HingeForm.QUAD)
         for key in ("knot_quantiles", "knot_offsets"):
             if key in kwargs:
                 kwargs[key] = tuple(float(v) for v in kwargs[key])

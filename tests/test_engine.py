@@ -102,29 +102,41 @@ def test_resume_of_a_finished_study_changes_nothing(tmp_path: Path) -> None:
 #: kernels differ between machines of one kind by instruction set), so the test asserts what
 #: holds across seeds, not one run's numbers.
 ACCEPTANCE_SEEDS = (0, 1, 2, 3)
+#: Seeds (of the four) in which the weak domain must alarm (docs/RESULTS.md, "The main job").
+ACCEPTANCE_MIN_ALARMS = 2
+
+
+def _acceptance_run(seed: int, folder: str) -> dict:
+    """One seed of the study file, in a worker process (module level: picklable)."""
+    config = load_study_file(ROOT / "studies" / "goodhart-sim.yaml").with_overrides(seed=seed)
+    return _run(Path(folder), config)[1]
 
 
 @pytest.mark.slow
-def test_default_goodhart_study_alarms_on_the_weak_domain_across_seeds(tmp_path: Path) -> None:
-    """The acceptance runs of ``studies/goodhart-sim.yaml`` (about 3 minutes a seed on 2 cores).
+def test_default_goodhart_study_across_seeds(tmp_path: Path) -> None:
+    """The acceptance runs of ``studies/goodhart-sim.yaml`` (two at a time; about 10 minutes on
+    2 cores).
 
-    Over the seeds: the weak domain alarms in at least half, a healthy domain in none, and the
-    recommendation's regret is, in the median, no worse than the best-dev candidate's. "At least
-    half" is what was measured here with the dev-only test inputs (docs/RESULTS.md: seeds 0 and
-    1 alarmed, seed 2 did not); the issue's goal, 9 of 10, is not met yet.
+    Over the seeds: the weak domain alarms in at least ``ACCEPTANCE_MIN_ALARMS``, a healthy
+    domain in none, and the recommendation's regret is, in the median, no worse than the
+    best-dev candidate's. The alarm count is what was measured across machines (docs/RESULTS.md,
+    "The main job per seed"); the issue's goal, 9 of 10 seeds, is not met.
     """
-    base = load_study_file(ROOT / "studies" / "goodhart-sim.yaml")
-    runs = []
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    folders = []
     for seed in ACCEPTANCE_SEEDS:
         (tmp_path / str(seed)).mkdir()
-        _, s = _run(tmp_path / str(seed), base.with_overrides(seed=seed))
-        runs.append(s)
+        folders.append(str(tmp_path / str(seed)))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(_acceptance_run, ACCEPTANCE_SEEDS, folders))
     alarmed = [{a["domain"] for a in s["alarms"]} for s in runs]
     summary = [
         (seed, sorted(a), s["recommendation"]["regret"], s["best_dev_candidate"]["regret"])
         for seed, a, s in zip(ACCEPTANCE_SEEDS, alarmed, runs, strict=True)
     ]
-    assert sum("equations" in a for a in alarmed) >= len(ACCEPTANCE_SEEDS) // 2, summary
+    assert sum("equations" in a for a in alarmed) >= ACCEPTANCE_MIN_ALARMS, summary
     assert all(a <= {"equations"} for a in alarmed), summary
     rec = sorted(s["recommendation"]["regret"] for s in runs)
     best = sorted(s["best_dev_candidate"]["regret"] for s in runs)

@@ -84,6 +84,7 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dic
             capture_output=True,
             text=True,
             check=True,
+            timeout=300,
         ).stdout
     )
     audit = json.loads(
@@ -93,6 +94,7 @@ def _interrupt_then_resume(tmp_path: Path, sig: int, after_complete: int) -> dic
             capture_output=True,
             text=True,
             check=True,
+            timeout=300,
         ).stdout
     )
     rows = [json.loads(line) for line in log.read_text().splitlines()]
@@ -138,7 +140,9 @@ def _trial_states(db: Path, name: str) -> dict[int, str]:
 
 
 def _json_cli(env: dict[str, str], *args: str) -> object:
-    done = subprocess.run(_cli(*args, "--json"), env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        _cli(*args, "--json"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -383,15 +383,19 @@ def test_delta_is_the_slope_above_minus_kappa_times_the_slope_below() -> None:
         assert beta_k[1] == pytest.approx(beta[1], abs=1e-9)
 
 
-def test_a_plateau_is_an_alternative_once_kappa_is_positive() -> None:
+@pytest.mark.parametrize(("form", "at_zero", "at_quarter"), [("quad", 4, 12), ("linear", 12, 30)])
+def test_a_plateau_is_an_alternative_once_kappa_is_positive(
+    form: str, at_zero: int, at_quarter: int
+) -> None:
     fired = {0.0: 0, 0.25: 0}
     for seed in range(40):
         dev, ext = _plateau_like(np.random.default_rng(seed), ratio=0.0)
         for kappa in fired:
-            test = _fixed_test(dev[:15], tracking=kappa, threshold_override=20.0)
+            test = _fixed_test(dev[:15], tracking=kappa, threshold_override=20.0, hinge_form=form)
             fired[kappa] += test.evaluate(dev, ext).fired
-    # "slope >= 0" has a plateau on its boundary; with kappa it is an alternative.
-    assert fired[0.0] <= 4 and fired[0.25] >= 12, fired
+    # "slope >= 0" has a plateau on its boundary; with kappa it is an alternative. (Measured
+    # at seeds 0-39: quad 0 and 19, linear 9 and 36; the bounds leave room for other numerics.)
+    assert fired[0.0] <= at_zero and fired[0.25] >= at_quarter, fired
 
 
 def test_tracking_above_kappa_is_the_null() -> None:
