@@ -685,21 +685,66 @@ def validity_replay(
         float | None, typer.Option(help="Per-domain e-value threshold to replay.")
     ] = None,
     tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
+    hinge_form: Annotated[str | None, typer.Option(help="linear, quad or local.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """End-to-end false alarms: a setting replayed over every stored null study."""
     from searchlab.calibration import false_alarms
 
-    if threshold is not None and not threshold > 1:
-        raise SearchlabError(f"--threshold must be > 1, got {threshold}")
-    if tracking is not None and not 0 < tracking < 1:
-        raise SearchlabError(f"--tracking must be in (0, 1), got {tracking}")
-    result = false_alarms(_storage_url(storage), threshold=threshold, tracking=tracking)
+    settings = _replay_settings(threshold, tracking, hinge_form)
+    result = false_alarms(_storage_url(storage), **settings)
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return
     for key, value in result.items():
         out.print(f"{key}: {value}", markup=False)
+
+
+def _replay_settings(
+    threshold: float | None, tracking: float | None, hinge_form: str | None
+) -> dict[str, Any]:
+    from searchlab.validity import HingeForm
+
+    if threshold is not None and not threshold > 1:
+        raise SearchlabError(f"--threshold must be > 1, got {threshold}")
+    if tracking is not None and not 0 < tracking < 1:
+        raise SearchlabError(f"--tracking must be in (0, 1), got {tracking}")
+    forms = [f.value for f in HingeForm]
+    if hinge_form is not None and hinge_form not in forms:
+        raise SearchlabError(f"--hinge-form must be one of {forms}, got {hinge_form!r}")
+    return {"threshold": threshold, "tracking": tracking, "hinge_form": hinge_form}
+
+
+@validity_app.command("power")
+def validity_power(
+    storage: StorageOpt = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Per-domain e-value threshold to replay.")
+    ] = None,
+    tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
+    hinge_form: Annotated[str | None, typer.Option(help="linear, quad or local.")] = None,
+) -> None:
+    """Power end to end: a setting replayed over the stored alternative studies (JSON)."""
+    from searchlab.calibration import power
+
+    settings = _replay_settings(threshold, tracking, hinge_form)
+    print(json.dumps(power(_storage_url(storage), **settings), indent=2, sort_keys=True))
+
+
+@validity_app.command("peers")
+def validity_peers(
+    storage: StorageOpt = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Per-domain e-value threshold of the validity test.")
+    ] = None,
+    tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
+    hinge_form: Annotated[str | None, typer.Option(help="linear, quad or local.")] = None,
+) -> None:
+    """The validity test and the peer detectors at equal false alarms on the corpus (JSON)."""
+    from searchlab.calibration import compare_peers
+
+    settings = _replay_settings(threshold, tracking, hinge_form)
+    print(json.dumps(compare_peers(_storage_url(storage), **settings), indent=2, sort_keys=True))
 
 
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from searchlab.calibration import compare_peers, false_alarms, make_corpus, power
 from searchlab.peers import PEERS
 from searchlab.store import Storage
@@ -66,3 +68,30 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
         strictest = float(PEERS[name][1][-1])
         assert peer["null_studies_with_alarm"] <= ours or peer["threshold"] == strictest
         assert set(peer["power"]) == {"plateau/equations"}
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (["power", "--hinge-form", "cubic"], "--hinge-form"),
+        (["peers", "--threshold", "1"], "--threshold"),
+        (["replay", "--tracking", "1.5"], "--tracking"),
+    ],
+)
+def test_replay_commands_name_a_bad_setting_in_one_line(
+    tmp_path: Path, args: list[str], culprit: str
+) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "c.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "searchlab.cli", "validity", *args, "--storage", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and culprit in lines[0], done.stderr
+    assert not db.exists()  # nothing was created
