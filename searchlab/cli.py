@@ -622,6 +622,7 @@ def validity_calibrate(
     tracking: Annotated[
         float, typer.Option(help="kappa: H0 is 'slope above >= kappa * slope below'.")
     ] = 0.25,
+    hinge_form: Annotated[str, typer.Option(help="linear, quad or local.")] = "linear",
     seed: int = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
@@ -630,16 +631,19 @@ def validity_calibrate(
 
     if not 0 < alpha < 1:
         raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
-    if threshold is not None and not threshold > 1:
-        raise SearchlabError(f"--threshold must be > 1, got {threshold}")
     if not 0 <= tracking < 1:
         raise SearchlabError(f"--tracking must be in [0, 1), got {tracking}")
+    _replay_settings(threshold, None, hinge_form)  # one-line errors for the shared options
     result = calibrate(
         streams=streams,
         horizon=horizon,
         seed=seed,
         settings=DetectorSettings(
-            alpha=alpha, n_domains=domains, threshold_override=threshold, tracking=tracking
+            alpha=alpha,
+            n_domains=domains,
+            threshold_override=threshold,
+            tracking=tracking,
+            hinge_form=hinge_form,
         ),
     )
     if as_json:
