@@ -136,6 +136,7 @@ def test_default_goodhart_study_across_seeds(tmp_path: Path) -> None:
         (seed, sorted(a), s["recommendation"]["regret"], s["best_dev_candidate"]["regret"])
         for seed, a, s in zip(ACCEPTANCE_SEEDS, alarmed, runs, strict=True)
     ]
+    print("acceptance (seed, alarmed domains, regret, best-dev regret):", summary)  # pytest -s
     assert sum("equations" in a for a in alarmed) >= ACCEPTANCE_MIN_ALARMS, summary
     assert all(a <= {"equations"} for a in alarmed), summary
     rec = sorted(s["recommendation"]["regret"] for s in runs)
