@@ -119,8 +119,9 @@ def test_default_goodhart_study_across_seeds(tmp_path: Path) -> None:
 
     Over the seeds: the weak domain alarms in at least ``ACCEPTANCE_MIN_ALARMS``, a healthy
     domain in none, and the recommendation's regret is, in the median, no worse than the
-    best-dev candidate's. The alarm count is what was measured across machines (docs/RESULTS.md,
-    "The main job per seed"); the issue's goal, 9 of 10 seeds, is not met.
+    best-dev candidate's. Measured (docs/RESULTS.md, "The acceptance runs with the plain hinge"):
+    3 of 4 alarms natively, 4 of 4 with ``ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE``;
+    the bound leaves one seed of margin.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
