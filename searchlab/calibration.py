@@ -15,6 +15,8 @@ dev-only GP, floored external scores). This module measures that directly:
   the studies in which any domain would have alarmed at any check.
 - :func:`power` replays a setting over the alternative studies: per weak domain, the share of
   studies with an alarm before the last round and the delay after the onset.
+- :func:`compare_peers` runs the detectors of :mod:`searchlab.peers` on the same pair streams,
+  each at the threshold that gives no more null studies with an alarm than the validity test.
 
 Why a replay is exact: with the switch disabled the engine's proposals and submissions never
 depend on the test, and with it enabled they do not depend on it before the first alarm (the
@@ -29,7 +31,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["ALTERNATIVE_INSTANCES", "NULL_INSTANCES", "false_alarms", "make_corpus", "power"]
+__all__ = [
+    "ALTERNATIVE_INSTANCES",
+    "NULL_INSTANCES",
+    "compare_peers",
+    "false_alarms",
+    "make_corpus",
+    "power",
+]
 
 #: Null instances: back-end options of the simulated surface (searchlab.simulation).
 NULL_INSTANCES: dict[str, dict[str, Any]] = {
