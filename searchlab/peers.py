@@ -126,9 +126,7 @@ def slope_cusum(
         design = np.column_stack([np.ones(i), x[:i]])
         beta, *_ = np.linalg.lstsq(design, y[:i], rcond=None)
         resid = y[:i] - design @ beta
-        if i - 2 < 1:
-            continue
-        s2 = float(resid @ resid) / (i - 2)
+        s2 = float(resid @ resid) / (i - 2)  # i >= 3 pairs, two coefficients
         point = np.array([1.0, x[i]])
         gram = design.T @ design
         if np.linalg.matrix_rank(gram) < 2 or not s2 > 0:
