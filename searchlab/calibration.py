@@ -77,13 +77,20 @@ _NULL_PREFIX = "null-corpus"
 _ALT_PREFIX = "power-corpus"
 
 
-def _study_name(instance: str, seed: int) -> str:
+def _study_name(instance: str, seed: int, candidates: int = 64) -> str:
+    """The corpus name; a budget other than 64 candidates is tagged ``<instance>.<n>c``."""
     prefix = _NULL_PREFIX if instance in NULL_INSTANCES else _ALT_PREFIX
-    return f"{prefix}-{instance}-{seed}"
+    budget = "" if candidates == 64 else f".{candidates}c"
+    return f"{prefix}-{instance}{budget}-{seed}"
 
 
 def _instance_of(name: str) -> str:
+    """The instance and budget tag of a corpus study (``goodhart`` or ``goodhart.32c``)."""
     return name.split("-corpus-", 1)[1].rsplit("-", 1)[0]
+
+
+def _base_instance(tagged: str) -> str:
+    return tagged.split(".", 1)[0]
 
 
 def _options(instance: str) -> dict[str, Any]:
@@ -137,7 +144,7 @@ def make_corpus(
     names = []
     for seed in seeds:
         for instance in instances:
-            name = _study_name(instance, seed)
+            name = _study_name(instance, seed, rounds[0] * rounds[1])
             config = validate_study(
                 {
                     "name": name,
@@ -263,7 +270,7 @@ def power(
         if not record.get("finished"):
             continue
         instance = _instance_of(name)
-        spec = ALTERNATIVE_INSTANCES[instance]
+        spec = ALTERNATIVE_INSTANCES[_base_instance(instance)]
         rounds = record.config_data["rounds"]
         k, last = int(rounds["candidates"]), int(rounds["count"]) - 1
         result = reanalyze(record, **overrides)
@@ -368,7 +375,7 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
         chosen = next((t for t in grid if null_count(detector, t) <= target), grid[-1])
         table: dict[str, dict[str, Any]] = {}
         for study in alts:
-            spec = ALTERNATIVE_INSTANCES[study["instance"]]
+            spec = ALTERNATIVE_INSTANCES[_base_instance(study["instance"])]
             for d in spec["options"]["weak_domains"]:
                 s = study["streams"][d]
                 cell = table.setdefault(f"{study['instance']}/{d}", {"detected": 0, "studies": 0})

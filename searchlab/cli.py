@@ -664,6 +664,12 @@ def validity_corpus(
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Studies per instance.")] = 10,
     first_seed: Annotated[int, typer.Option(min=0, help="The first seed.")] = 0,
+    rounds: Annotated[
+        int, typer.Option(min=2, max=64, help="Rounds of 8 candidates (the study file: 8).")
+    ] = 8,
+    submissions: Annotated[
+        int, typer.Option(min=2, max=512, help="External submissions in all (the study file: 16).")
+    ] = 16,
 ) -> None:
     """Run (or finish) the engine's studies that `validity replay` and `validity power` measure."""
     from searchlab.calibration import ALTERNATIVE_INSTANCES, NULL_INSTANCES, make_corpus
@@ -678,6 +684,8 @@ def validity_corpus(
         _storage_url(storage),
         instances=names,
         seeds=range(first_seed, first_seed + seeds),
+        rounds=(8, rounds),
+        external=(-(-submissions // rounds), submissions),
         progress=lambda line: err.print(line, markup=False),
     )
 

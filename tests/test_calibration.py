@@ -49,14 +49,15 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
     url = f"sqlite:///{tmp_path / 'corpus.db'}"
     small = {"rounds": (5, 3), "external": (3, 9), "threshold": 1.5}
     names = make_corpus(url, instances=["null", "plateau"], seeds=[5], **small)
-    assert names == ["null-corpus-null-5", "power-corpus-plateau-5"]
+    # Not the study file's 64 candidates: the budget is part of the name.
+    assert names == ["null-corpus-null.15c-5", "power-corpus-plateau.15c-5"]
     result = power(url, threshold=1.5)
-    cell = result["instances"]["plateau"]["domains"]["equations"]
-    recorded = _ignored_alarms(url, "power-corpus-plateau-5").get("equations")
-    record = Storage(url).load("power-corpus-plateau-5")
+    cell = result["instances"]["plateau.15c"]["domains"]["equations"]
+    recorded = _ignored_alarms(url, "power-corpus-plateau.15c-5").get("equations")
+    record = Storage(url).load("power-corpus-plateau.15c-5")
     before_last = recorded is not None and record.get(f"external.{recorded}")["round"] < 2
     assert cell["detected"] == int(before_last)
-    assert result["instances"]["plateau"]["studies"] == 1
+    assert result["instances"]["plateau.15c"]["studies"] == 1
     # The null studies are not counted as power, nor the alternative ones as false alarms.
     assert false_alarms(url, threshold=1.5)["studies"] == 1
 
@@ -67,7 +68,7 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
         # At most the test's false alarms, unless even the strictest threshold has more.
         strictest = float(PEERS[name][1][-1])
         assert peer["null_studies_with_alarm"] <= ours or peer["threshold"] == strictest
-        assert set(peer["power"]) == {"plateau/equations"}
+        assert set(peer["power"]) == {"plateau.15c/equations"}
 
 
 @pytest.mark.parametrize(
