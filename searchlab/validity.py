@@ -54,7 +54,8 @@ on simulated streams it detected 21 % of plateaus against 57 % (docs/RESULTS.md)
 concave link the straight lower segment overshoots at the knot, which biases ``s`` down; at
 ``kappa = 0`` that gave 4-5 % false alarms per domain on concave-but-increasing nulls, and at
 ``kappa = 0.25`` a concave link whose rate above the knot falls to about a fifth of its average
-rate below is, in these terms, an alternative (measured on streams: 4 of 33 concave streams).
+rate below is, in these terms, an alternative (on simulated streams 6 of 50 concave ones
+alarmed: docs/RESULTS.md).
 With ``delta = s - kappa b`` the model is rewritten as ``y = a + b (min(x, k) + kappa (x -
 k)_+) + delta (x - k)_+`` (``"quad"``: ``y = a + b (u + kappa (x - k)_+) + c u^2 + delta (x -
 k)_+``; same fit, ``delta`` in the last column), and the alarm test is ``H0: delta >= 0``
