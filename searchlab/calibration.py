@@ -372,14 +372,21 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
     peers: dict[str, Any] = {}
     for peer, (detector, grid) in PEERS.items():
         # The grids run from sensitive to strict; keep the first that matches the target.
-        chosen = next((t for t in grid if null_count(detector, t) <= target), grid[-1])
+        counts: dict[float, int] = {}
+        chosen = grid[-1]
+        for t in grid:
+            counts[t] = null_count(detector, t)
+            if counts[t] <= target:
+                chosen = t
+                break
         table: dict[str, dict[str, Any]] = {}
         for study in alts:
             spec = ALTERNATIVE_INSTANCES[_base_instance(study["instance"])]
             for d in spec["options"]["weak_domains"]:
                 s = study["streams"][d]
-                cell = table.setdefault(f"{study['instance']}/{d}", {"detected": 0, "studies": 0})
-                cell.setdefault("delays", [])
+                cell = table.setdefault(
+                    f"{study['instance']}/{d}", {"detected": 0, "studies": 0, "delays": []}
+                )
                 cell["studies"] += 1
                 pair = detector(s["x"], s["y"], s["warm"], threshold=chosen)
                 if pair is not None and s["rounds"][pair - 1] < study["last"]:
@@ -390,7 +397,7 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
             cell["median_delay"] = median(cell["delays"]) if cell["delays"] else None
         peers[peer] = {
             "threshold": float(chosen),
-            "null_studies_with_alarm": null_count(detector, chosen),
+            "null_studies_with_alarm": counts[chosen],
             "null_studies": len(nulls),
             "power": table,
         }

@@ -76,6 +76,14 @@ TrustOpt = Annotated[
     ),
 ]
 
+# The settings a stored corpus is replayed with (validity replay, power, peers); None: the
+# studies' own. Checked by _replay_settings, so that a bad value is one line.
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Per-domain e-value threshold of the validity test.")
+]
+TrackingOpt = Annotated[float | None, typer.Option(help="kappa, in (0, 1).")]
+HingeFormOpt = Annotated[str | None, typer.Option(help="linear, quad or local.")]
+
 
 def _trust(flag: bool) -> bool | None:
     # The flag opts in; without it None lets the loader read $SEARCHLAB_TRUST_BACKEND.
@@ -693,11 +701,9 @@ def validity_corpus(
 @validity_app.command("replay")
 def validity_replay(
     storage: StorageOpt = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Per-domain e-value threshold to replay.")
-    ] = None,
-    tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
-    hinge_form: Annotated[str | None, typer.Option(help="linear, quad or local.")] = None,
+    threshold: ThresholdOpt = None,
+    tracking: TrackingOpt = None,
+    hinge_form: HingeFormOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """End-to-end false alarms: a setting replayed over every stored null study."""
@@ -730,11 +736,9 @@ def _replay_settings(
 @validity_app.command("power")
 def validity_power(
     storage: StorageOpt = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Per-domain e-value threshold to replay.")
-    ] = None,
-    tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
-    hinge_form: Annotated[str | None, typer.Option(help="linear, quad or local.")] = None,
+    threshold: ThresholdOpt = None,
+    tracking: TrackingOpt = None,
+    hinge_form: HingeFormOpt = None,
 ) -> None:
     """Power end to end: a setting replayed over the stored alternative studies (JSON)."""
     from searchlab.calibration import power
@@ -746,11 +750,9 @@ def validity_power(
 @validity_app.command("peers")
 def validity_peers(
     storage: StorageOpt = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Per-domain e-value threshold of the validity test.")
-    ] = None,
-    tracking: Annotated[float | None, typer.Option(help="kappa, in (0, 1).")] = None,
-    hinge_form: Annotated[str | None, typer.Option(help="linear, quad or local.")] = None,
+    threshold: ThresholdOpt = None,
+    tracking: TrackingOpt = None,
+    hinge_form: HingeFormOpt = None,
 ) -> None:
     """The validity test and the peer detectors at equal false alarms on the corpus (JSON)."""
     from searchlab.calibration import compare_peers

@@ -155,7 +155,9 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from scipy import special, stats
+
+# scipy is imported where it is used: the study schema (searchlab.config) imports HingeForm from
+# here, and `study validate` should not pay half a second for scipy.stats.
 
 __all__ = [
     "DetectorSettings",
@@ -380,6 +382,8 @@ def _log_evalue_from_stats(
     s_post = rss + s_hat * s_hat / (v + g)
     loc = s_hat * g / (v + g)
     scale = math.sqrt(s_post / (nu + 1) * v * g / (v + g))
+    from scipy import special
+
     prob = float(special.stdtr(nu + 1, direction * loc / scale))
     if prob <= 0.0:
         return -math.inf
@@ -613,6 +617,8 @@ class ValidityTest:
             log_e = _log_evalue_from_stats(d_hat, v, rss, nu, st.prior_scale, direction)
             log_es.append(log_e)
             if best is None or log_e > best[0]:
+                from scipy import stats
+
                 half = float(stats.t.ppf(0.975, nu)) * math.sqrt(v_s * rss / nu)
                 best = (log_e, d_hat, b_hat, knot, half)
         if best is None:
@@ -876,6 +882,8 @@ def simulate_stream(
     else:
         link = s_gen * below + (a_g / a_p) * above
     ext_logit = top_ext + link + 0.05 * z_unseen + 0.05 * z_seed
+
+    from scipy import special, stats
 
     dev = special.expit(top_dev + z) + 0.01 * z_gp
     ext_obs = stats.binom.ppf(u_binom, 1000, special.expit(ext_logit)) / 1000.0

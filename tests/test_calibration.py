@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, sqlite_url
 
 from searchlab.calibration import compare_peers, false_alarms, make_corpus, power
 from searchlab.peers import PEERS
@@ -82,16 +83,8 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
 def test_replay_commands_name_a_bad_setting_in_one_line(
     tmp_path: Path, args: list[str], culprit: str
 ) -> None:
-    import subprocess
-    import sys
-
     db = tmp_path / "c.db"
-    done = subprocess.run(
-        [sys.executable, "-m", "searchlab.cli", "validity", *args, "--storage", f"sqlite:///{db}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli("validity", *args, "--storage", sqlite_url(db), timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and culprit in lines[0], done.stderr
