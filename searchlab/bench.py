@@ -37,6 +37,7 @@ def _history(n: int, seed: int) -> dict[str, Any]:
             "backend": {"name": "simulated"},
             "rounds": {"candidates": n, "count": 2},
             "external": {"per_round": 1, "total": n},
+            "policy": {"switch": False},  # only the space is used
         },
         source="bench",
     )
@@ -171,7 +172,7 @@ def _study_data(instance: str, seed: int, *, quick: bool) -> dict[str, Any]:
     if quick:
         # Checks that the harness works, not the goals: two domains (three where two are weak).
         domains = ["cipher", *options["weak_domains"]]
-        rounds, external = {"candidates": 4, "count": 3}, {"per_round": 1, "total": 3}
+        rounds, external = {"candidates": 4, "count": 3}, {"per_round": 2, "total": 6}
     else:
         domains = list(DOMAINS)
         rounds, external = {"candidates": 8, "count": 8}, {"per_round": 2, "total": 16}

@@ -59,7 +59,7 @@ from pydantic import (
 )
 
 from searchlab.errors import StudyFileError
-from searchlab.validity import HingeForm
+from searchlab.validity import MIN_PAIRS, HingeForm
 
 # Matched with fullmatch: "$" alone would accept a trailing newline ("small\n").
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -508,7 +508,7 @@ def validate_study(data: Any, *, source: str) -> StudyConfig:
             source, "", f"expected a mapping at top level, got {type(data).__name__}"
         )
     try:
-        return StudyConfig.model_validate(data)
+        config = StudyConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         ctx_error = (err.get("ctx") or {}).get("error")
@@ -523,6 +523,26 @@ def validate_study(data: Any, *, source: str) -> StudyConfig:
         elif "input" in err and err["type"] not in ("value_error",):
             message += f" (got {_short_repr(err['input'])})"
         raise StudyFileError(source, path, message) from None
+    _check_testable(config, source)
+    return config
+
+
+def _check_testable(config: StudyConfig, source: str) -> None:
+    """Refuses a new study whose switch can never happen: too few submissions for the test.
+
+    Checked here, for new study files, and not in :class:`StudyConfig`: a study stored before
+    the rule existed must still load (status, resume, analyze).
+    """
+    reachable = min(config.external.total, config.external.per_round * config.rounds.count)
+    if config.policy.switch and reachable < MIN_PAIRS:
+        raise StudyFileError(
+            source,
+            "external.total",
+            f"{reachable} submissions can be made (total {config.external.total}, per_round "
+            f"{config.external.per_round} x {config.rounds.count} rounds); the validity test "
+            f"needs at least {MIN_PAIRS}: raise them, or set policy.switch: false for a "
+            "dev-only search",
+        )
 
 
 class _RefusedYAML(yaml.YAMLError):

@@ -160,6 +160,7 @@ import numpy as np
 # here, and `study validate` should not pay half a second for scipy.stats.
 
 __all__ = [
+    "MIN_PAIRS",
     "DetectorSettings",
     "DomainMonitor",
     "HingeForm",
@@ -169,6 +170,11 @@ __all__ = [
     "hinge_evalue",
     "simulate_stream",
 ]
+
+#: The fewest pairs a domain's test runs on: a hinge with ``p = 3`` coefficients needs ``nu =
+#: n - p >= 2`` residual degrees of freedom and ``min_above`` pairs above its knot. A study that
+#: can never submit this many candidates can never test (the study file is refused).
+MIN_PAIRS = 6
 
 _LOG_MAX = 690.0  # exp(690) ~ 1e300: cap so statistics stay finite floats
 _MODES = ("proxy", "decoupled")
@@ -216,7 +222,7 @@ class DetectorSettings:
     n_domains: int = 1
     knot_quantiles: tuple[float, ...] = ()
     prior_scale: float = 8.0
-    min_pairs: int = 6
+    min_pairs: int = MIN_PAIRS
     min_above: int = 3
     return_alpha: float = 0.05
     min_dwell: int = 8
@@ -236,7 +242,7 @@ class DetectorSettings:
             raise ValueError("need at least one knot (knot_quantiles or knot_offsets)")
         if self.prior_scale <= 0.0:
             raise ValueError("prior_scale must be > 0")
-        if self.min_pairs < 6 or self.min_above < 1 or self.min_dwell < 0:
+        if self.min_pairs < MIN_PAIRS or self.min_above < 1 or self.min_dwell < 0:
             raise ValueError("need min_pairs >= 6, min_above >= 1, min_dwell >= 0")
         if self.hinge_form not in _FORMS:
             raise ValueError(f"hinge_form must be one of {_FORMS}")

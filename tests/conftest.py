@@ -42,7 +42,8 @@ _TINY_STUDY: dict[str, Any] = {
     },
     "rounds": {"candidates": 3, "count": 2},
     "external": {"per_round": 1, "total": 2},
-    "policy": {"warmup_rounds": 1},
+    # Two submissions are too few for the validity test: a dev-only search.
+    "policy": {"warmup_rounds": 1, "switch": False},
 }
 
 # The working folder of every CLI subprocess: empty, and not a test's tmp_path, so that nothing is

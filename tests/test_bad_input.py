@@ -161,6 +161,15 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
         ("backend.options", "frobnicate"),
     ),
     ("file-missing", _missing_file, (FILE, "not found")),
+    ("tracking-one", _mutated(_set("policy.tracking", 1.0)), ("policy.tracking",)),
+    ("tracking-zero", _mutated(_set("policy.tracking", 0.0)), ("policy.tracking",)),
+    ("threshold-one", _mutated(_set("policy.threshold", 1.0)), ("policy.threshold",)),
+    # Two submissions can never feed the validity test: the switch asked for cannot happen.
+    (
+        "too-few-submissions-for-the-test",
+        _mutated(_set("policy.switch", True)),
+        ("external.total", "policy.switch"),
+    ),
 ]
 
 

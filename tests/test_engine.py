@@ -26,7 +26,7 @@ def _config(**policy):
             "backend": {"name": "simulated", "options": {"weak_domains": ["equations"]}},
             "rounds": {"candidates": 4, "count": 3},
             "external": {"per_round": 2, "total": 5},
-            "policy": {"warmup_rounds": 1, **policy},
+            "policy": {"warmup_rounds": 1, "switch": False, **policy},
         },
         source="test",
     )

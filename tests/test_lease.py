@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -40,6 +41,7 @@ def _config(name: str = "leased") -> Any:
             "backend": {"name": "simulated"},
             "rounds": {"candidates": 2, "count": 2},
             "external": {"per_round": 1, "total": 2},
+            "policy": {"switch": False},  # too few submissions for the test
         },
         source="test",
     )
@@ -222,6 +224,31 @@ def _complete(url: str, name: str) -> int:
     return int(n)
 
 
+def _freeze_outside_a_write(proc: subprocess.Popen, url: str) -> None:
+    """SIGSTOPs ``proc`` at a moment it holds no SQLite lock.
+
+    Frozen inside a write transaction it would make the resume wait for the lock
+    (``LOCK_WAIT_S``) instead of reading the lease: a race that a loaded machine hits.
+    """
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    for _ in range(200):
+        proc.send_signal(signal.SIGSTOP)
+        if path is None:
+            return
+        try:
+            conn = sqlite3.connect(path, timeout=0.2)
+            try:
+                conn.execute("BEGIN EXCLUSIVE")  # no other reader or writer
+                conn.rollback()
+            finally:
+                conn.close()
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+    raise AssertionError("the create held the SQLite write lock at every try")
+
+
 def _two_resumes(tmp_path: Path, url: str, name: str) -> None:
     """Interrupts a study (kill -9 after 3 candidates), then resumes it twice at once."""
     study, log = slow_study_file(
@@ -241,7 +268,7 @@ def _two_resumes(tmp_path: Path, url: str, name: str) -> None:
         assert time.time() < deadline, "the study made no progress"
         time.sleep(0.05)
     # Frozen, the create still holds the lease (alive, not expired): a resume is refused.
-    create.send_signal(signal.SIGSTOP)
+    _freeze_outside_a_write(create, url)
     try:
         refused = subprocess.run(
             _cli("study", "resume", name, "--storage", url, "-q"),

@@ -277,6 +277,7 @@ def test_study_with_real_backend_fails_bad_candidates_and_goes_on(
         },
         "rounds": {"candidates": 3, "count": 2},
         "external": {"per_round": 1, "total": 2},
+        "policy": {"switch": False},  # too few submissions for the test
     }
     path = write_yaml(tmp_path / "real.yaml", study)
     storage = sqlite_url(tmp_path / "real.db")

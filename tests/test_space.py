@@ -19,6 +19,7 @@ def space() -> SearchSpace:
         "backend": {"name": "simulated"},
         "rounds": {"candidates": 2, "count": 2},
         "external": {"per_round": 1, "total": 2},
+        "policy": {"switch": False},  # too few submissions for the test
     }
     return SearchSpace(validate_study(data, source="test").space)
 

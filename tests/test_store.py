@@ -16,7 +16,7 @@ from conftest import run_cli, sqlite_url
 
 from searchlab import store
 from searchlab.config import validate_study
-from searchlab.errors import StorageError, StudyStateError
+from searchlab.errors import StorageError, StudyFileError, StudyStateError
 from searchlab.simulation import canonical_space
 from searchlab.store import PREFIX, Storage, redact
 
@@ -30,6 +30,7 @@ def _config():
             "backend": {"name": "simulated"},
             "rounds": {"candidates": 2, "count": 2},
             "external": {"per_round": 1, "total": 2},
+            "policy": {"switch": False},  # too few submissions for the test
         },
         source="test",
     )
@@ -279,3 +280,20 @@ def test_a_signal_never_lands_inside_a_database_call(
     assert Storage(sqlite_url(db)).load("schema").get("written") == 1
     with sqlite3.connect(db, timeout=0.5) as conn:
         conn.execute("CREATE TABLE probe (x INTEGER)")
+
+
+def test_a_stored_study_from_before_the_submissions_rule_still_reads(tmp_path: Path) -> None:
+    """New files with too few submissions for the test are refused; stored ones still read."""
+    from searchlab.config import StudyConfig
+    from searchlab.engine import status
+
+    data = _config().model_dump(mode="json")
+    data["policy"]["switch"] = True  # two submissions: refused as a new file
+    with pytest.raises(StudyFileError, match=r"external\.total"):
+        validate_study(data, source="new")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Storage(url, create=True).create(StudyConfig.model_validate(data))
+    result = run_cli("study", "status", "schema", "--storage", url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"finished": false' in result.stdout
+    assert status(Storage(url).load("schema"))["external_budget"]["total"] == 2
