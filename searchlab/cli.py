@@ -796,6 +796,39 @@ def bench_overhead(
     out.print(table)
 
 
+@bench_app.command("surrogate")
+def bench_surrogate(
+    storage: StorageOpt = None,
+    study: Annotated[
+        list[str] | None, typer.Option(help="Study to replay (repeatable; default: all).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """External predicted where it was not shown: RMSE and 90 % coverage, each surrogate form."""
+    from searchlab.model_accuracy import surrogate_accuracy
+
+    _quiet_libraries()
+    result = surrogate_accuracy(
+        _storage_url(storage), names=study, progress=lambda line: err.print(line, markup=False)
+    )
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    table = Table("form", "phase", "RMSE", "90 % coverage", "points", "studies")
+    for r in result["table"]:
+        table.add_row(
+            r["form"],
+            r["phase"],
+            "-" if r["rmse"] is None else f"{r['rmse']:.4f}",
+            "-" if r["coverage90"] is None else f"{r['coverage90']:.2f}",
+            str(r["points"]),
+            str(r["studies"]),
+        )
+    out.print(table)
+    for f in result["fit_failures"]:
+        out.print(f"fit: {f}", markup=False)
+
+
 @bench_app.command("search")
 def bench_search(
     quick: Annotated[

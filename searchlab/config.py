@@ -59,6 +59,7 @@ from pydantic import (
 )
 
 from searchlab.errors import StudyFileError
+from searchlab.surrogate import SurrogateForm
 from searchlab.validity import MIN_PAIRS, HingeForm
 
 # Matched with fullmatch: "$" alone would accept a trailing newline ("small\n").
@@ -328,6 +329,9 @@ class PolicyConfig(_Strict):
     # at no less than this fraction of the rate just below it (plateau and fall are both below).
     tracking: float = Field(default=0.25, gt=0, lt=1)
     switch: bool = True  # False: never leave proxy mode (the dev-only baseline)
+    # How each domain's GP couples external to dev (searchlab.surrogate): "icm" (one shared input
+    # kernel) or "autoregressive" (external = rho * dev + its own GP).
+    surrogate: SurrogateForm = SurrogateForm.ICM
     ucb_beta: float = Field(default=1.0, ge=0, le=100)
 
     @field_validator("knot_quantiles")

@@ -115,6 +115,7 @@ class Engine:
                 simplex_groups=self.space.simplex_groups(),
                 resolution=config.external.resolution,
                 seed=config.seed * 100 + i,
+                form=config.policy.surrogate,
             )
             for i, _ in enumerate(self.domains)
         ]
@@ -512,6 +513,11 @@ class Engine:
                 np.array([ext[n]["scores"][d] for n in ext_numbers]),
             )
             predictions.append(s.predict(x))
+            if s.fit_status not in ("converged", "stopped"):
+                # Recorded, not fatal: the model keeps the hyperparameters it has.
+                self.record.audit(
+                    "fit_warning", round=max(c.round for c in done), domain=d, status=s.fit_status
+                )
         self.timings["fit"] += time.perf_counter() - t0
         self._models = _Models(numbers=[c.number for c in done], x=x, predictions=predictions)
         self._models_key = key

@@ -14,6 +14,29 @@ Outcomes are standardised jointly, levels differ per task; noise is inferred per
 the leaderboard's rounding enters as noise, never as exact values. A floored external score is
 shifted up by half the resolution first, the mean of the floor's error.
 
+The autoregressive form (``SurrogateForm.AUTOREGRESSIVE``, Kennedy & O'Hagan 2000, "Predicting
+the output from a complex computer code when fast approximations are available", Biometrika
+87(1); the co-kriging model of multi-fidelity Bayesian optimisation) separates what external
+follows from what it does not:
+
+    dev(x) = f(x) + e_dev,    ext(x) = rho * f(x) + delta(x) + e_ext,
+    f ~ GP(0, k_f),  delta ~ GP(0, k_delta) independent,  rho in R (free in sign),
+
+    cov((x, i), (x', j)) = c_i c_j k_f(x, x') + [i = j = 1] k_delta(x, x'),   c = (1, rho),
+
+with ``k_f`` and ``k_delta`` two RBF ARD kernels with their own lengthscales. In
+the ICM both tasks share one input kernel, so ~16 external points can only say "this region is
+worse"; here ``delta`` (external's departure from ``rho * dev``) has lengthscales of its own and
+can be short along a hack knob and long along genuine skill. Priors (standardised outcomes):
+``rho ~ N(0, 1)``, outputscales ``Gamma(2, 2)`` for ``k_f`` and ``Gamma(2, 4)`` for ``k_delta``
+(a priori most of external's variation follows dev), and BoTorch's dimension-scaled log-normal
+lengthscale prior on both (Hvarfner, Hellsten & Nardi 2024). ``rho`` is identified only with
+external points spread along ``f``; with two it is a prior draw.
+
+Every fit's optimiser status is checked and kept (:attr:`DomainSurrogate.fit_status`): a warm
+L-BFGS run that does not converge is kept, and the next round goes on from it; a cold fit whose
+every attempt fails keeps its last hyperparameters instead of stopping the study.
+
 Why one GP per domain and not one over all domains' 2K tasks: a joint fit over 6 domains took
 97 s at 50 candidates and 391 s at 100 on one CPU thread (NOTES.md); per-domain fits take a few
 seconds cold and well under one second warm-started from the previous fit's hyperparameters.
@@ -22,6 +45,7 @@ seconds cold and well under one second warm-started from the previous fit's hype
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +56,67 @@ if TYPE_CHECKING:
 
 DEV, EXTERNAL = 0, 1
 _WARM_KEYS = ("covar_module", "mean_module", "likelihood")
+
+
+class SurrogateForm(StrEnum):
+    """How a domain's external task is coupled to its dev task (module docstring)."""
+
+    ICM = "icm"  # one shared input kernel times a 2 x 2 task covariance
+    AUTOREGRESSIVE = "autoregressive"  # ext = rho * f_dev + delta, delta its own GP
+
+
+def _autoregressive_kernel(dim: int):  # -> gpytorch Kernel over (x, task)
+    """``c_i c_j k_f(x, x') + [i = j = 1] k_delta(x, x')`` with ``c = (1, rho)``; the task in
+    column ``dim`` (0 = dev, 1 = external)."""
+    import torch
+    from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+    from gpytorch.kernels import Kernel, ScaleKernel
+    from gpytorch.priors import GammaPrior, NormalPrior
+
+    class AutoregressiveTaskKernel(Kernel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.task_dim = dim
+            self.dev_kernel = ScaleKernel(
+                get_covar_module_with_dim_scaled_prior(ard_num_dims=dim),
+                outputscale_prior=GammaPrior(2.0, 2.0),
+            )
+            self.gap_kernel = ScaleKernel(
+                get_covar_module_with_dim_scaled_prior(ard_num_dims=dim),
+                outputscale_prior=GammaPrior(2.0, 4.0),
+            )
+            self.register_parameter("rho", torch.nn.Parameter(torch.full((1,), 0.5)))
+            self.register_prior(
+                "rho_prior", NormalPrior(0.0, 1.0), lambda m: m.rho, lambda m, v: m._set_rho(v)
+            )
+
+        def _set_rho(self, value: torch.Tensor) -> None:
+            self.rho.data.copy_(torch.as_tensor(value).reshape(1))
+
+        def forward(
+            self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params: object
+        ) -> torch.Tensor:
+            # x1: batch x n x (d + 1), x2: batch x m x (d + 1); the task is the last column.
+            ext1 = x1[..., self.task_dim].round() == 1  # batch x n
+            ext2 = x2[..., self.task_dim].round() == 1  # batch x m
+            z1, z2 = x1[..., : self.task_dim], x2[..., : self.task_dim]
+            one = torch.ones((), dtype=x1.dtype)
+            c1 = torch.where(ext1, self.rho, one)
+            c2 = torch.where(ext2, self.rho, one)
+            kf = self.dev_kernel(z1, z2, diag=diag).to_dense()
+            kd = self.gap_kernel(z1, z2, diag=diag).to_dense()
+            if diag:
+                return c1 * c2 * kf + (ext1 & ext2).to(kd) * kd
+            both = (ext1.unsqueeze(-1) & ext2.unsqueeze(-2)).to(kd)
+            return c1.unsqueeze(-1) * c2.unsqueeze(-2) * kf + both * kd
+
+        def task_correlation(self) -> float:
+            """corr(dev(x), ext(x)) at one recipe: rho s_f / sqrt(rho^2 s_f + s_delta)."""
+            sf, sd = self.dev_kernel.outputscale, self.gap_kernel.outputscale
+            rho = self.rho.reshape(())
+            return float(rho * sf / torch.sqrt(sf * (rho**2 * sf + sd)))
+
+    return AutoregressiveTaskKernel()
 
 
 def _simplex_transform(groups: Sequence[Sequence[int]]):  # -> botorch InputTransform
@@ -79,6 +164,7 @@ class DomainSurrogate:
         resolution: The external target's display resolution; scores are floored to it.
         seed: Seeds the fit's random draws (BoTorch's fit retries from sampled priors), so a study
             is reproducible from its seed; the draw also depends on the data size.
+        form: How external is coupled to dev (:class:`SurrogateForm`).
     """
 
     def __init__(
@@ -88,8 +174,13 @@ class DomainSurrogate:
         simplex_groups: Sequence[Sequence[int]] = (),
         resolution: float = 0.0,
         seed: int = 0,
+        form: SurrogateForm = SurrogateForm.ICM,
     ) -> None:
         self.dim = dim
+        self.form = SurrogateForm(form)
+        #: How the last fit ended: ``"converged"``, ``"stopped"`` (the warm run's iteration cap),
+        #: ``"warm run not converged, kept: ..."`` or ``"failed, kept ...: ..."``.
+        self.fit_status = "not fitted"
         self.simplex_groups = [list(g) for g in simplex_groups]
         self.resolution = resolution
         self.seed = seed
@@ -169,14 +260,17 @@ class DomainSurrogate:
                 outcome_transform=Standardize(m=1),
                 input_transform=_simplex_transform(self.simplex_groups),
             )
-            # Replace the positive-only task kernel by an unconstrained full-rank one.
-            data_kernel = model.covar_module.kernels[0]
-            model.covar_module = data_kernel * IndexKernel(
-                num_tasks=2, rank=2, active_dims=[self.dim]
-            ).to(dtype)
+            if self.form is SurrogateForm.AUTOREGRESSIVE:
+                model.covar_module = _autoregressive_kernel(self.dim).to(dtype)
+            else:
+                # Replace the positive-only task kernel by an unconstrained full-rank one.
+                data_kernel = model.covar_module.kernels[0]
+                model.covar_module = data_kernel * IndexKernel(
+                    num_tasks=2, rank=2, active_dims=[self.dim]
+                ).to(dtype)
         warm = self._warm_start(model)
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        self._optimise(mll, warm)
+        self.fit_status = self._optimise(mll, warm)
         model.eval()
         self.model = model
         self._warm = {
@@ -185,16 +279,29 @@ class DomainSurrogate:
         self._warm["__two_task__"] = torch.tensor(float(self.two_task))
 
     @staticmethod
-    def _optimise(mll: Any, warm: bool) -> None:
+    def _optimise(mll: Any, warm: bool) -> str:
+        """Fits the hyperparameters; returns how the fit ended (:attr:`fit_status`)."""
+        from botorch.exceptions.errors import ModelFittingError
         from botorch.fit import fit_gpytorch_mll
+        from botorch.optim.core import OptimizationStatus
         from botorch.optim.fit import fit_gpytorch_mll_scipy
 
         if warm:
             # From the previous round's optimum a capped L-BFGS run is enough; BoTorch's default
             # retry policy would restart from random hyperparameters on a maxiter warning.
-            fit_gpytorch_mll_scipy(mll, options={"maxiter": 60})
-        else:
+            result = fit_gpytorch_mll_scipy(mll, options={"maxiter": 60})
+            if result.status is OptimizationStatus.FAILURE:
+                # Kept (a cold refit here would change every later round of a study that
+                # never failed); the next round's warm start goes on from this point.
+                return f"warm run not converged, kept: {result.message}"[:200]
+            # STOPPED is the iteration cap: the next round goes on from there too.
+            return "converged" if result.status is OptimizationStatus.SUCCESS else "stopped"
+        try:
             fit_gpytorch_mll(mll, max_attempts=2)
+        except ModelFittingError as exc:
+            # Every attempt failed: the model keeps its last hyperparameters and says so.
+            return f"failed, kept the last hyperparameters: {exc}"[:200]
+        return "converged"
 
     def _warm_start(self, model: Model) -> bool:
         """Starts from the previous fit's hyperparameters when the model shape is the same."""
@@ -241,6 +348,9 @@ class DomainSurrogate:
 
         if not self.two_task or self.model is None:
             return float("nan")
+        if self.form is SurrogateForm.AUTOREGRESSIVE:
+            with torch.no_grad():
+                return self.model.covar_module.task_correlation()
         with torch.no_grad():
             b = self.model.covar_module.kernels[1].covar_matrix.to_dense()
         return float(b[0, 1] / torch.sqrt(b[0, 0] * b[1, 1]))

@@ -164,6 +164,7 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
     ("tracking-one", _mutated(_set("policy.tracking", 1.0)), ("policy.tracking",)),
     ("tracking-zero", _mutated(_set("policy.tracking", 0.0)), ("policy.tracking",)),
     ("threshold-one", _mutated(_set("policy.threshold", 1.0)), ("policy.threshold",)),
+    ("surrogate-unknown", _mutated(_set("policy.surrogate", "lmc")), ("policy.surrogate",)),
     # Two submissions can never feed the validity test: the switch asked for cannot happen.
     (
         "too-few-submissions-for-the-test",

@@ -1,10 +1,14 @@
-"""The per-domain two-task GP: a flipped proxy (negative task correlation) is representable."""
+"""The per-domain two-task GP, in both forms: a flipped proxy (negative task correlation) is
+representable, and the autoregressive kernel is the covariance its docstring writes."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from searchlab.surrogate import DomainSurrogate
+from searchlab.surrogate import DomainSurrogate, SurrogateForm, _autoregressive_kernel
+
+FORMS = pytest.mark.parametrize("form", list(SurrogateForm))
 
 
 def _data(rho_sign: float, seed: int = 0):
@@ -17,8 +21,9 @@ def _data(rho_sign: float, seed: int = 0):
     return x, dev, x[idx], np.floor(ext * 100) / 100
 
 
-def test_negative_task_correlation_is_fitted_negative() -> None:
-    s = DomainSurrogate(dim=3, resolution=0.01)
+@FORMS
+def test_negative_task_correlation_is_fitted_negative(form: SurrogateForm) -> None:
+    s = DomainSurrogate(dim=3, resolution=0.01, form=form)
     s.fit(*_data(-1.0))
     assert s.two_task
     assert s.task_correlation() < -0.5
@@ -28,13 +33,15 @@ def test_negative_task_correlation_is_fitted_negative() -> None:
     assert np.corrcoef(p["dev_mean"], p["ext_mean"])[0, 1] < -0.5
 
 
-def test_positive_task_correlation_and_warm_refit() -> None:
-    s = DomainSurrogate(dim=3, resolution=0.01)
+@FORMS
+def test_positive_task_correlation_and_warm_refit(form: SurrogateForm) -> None:
+    s = DomainSurrogate(dim=3, resolution=0.01, form=form)
     x, dev, xe, ext = _data(+1.0)
     s.fit(x, dev, xe, ext)
     assert s.task_correlation() > 0.5
     s.fit(x, dev, xe, ext)  # warm-started from the first fit
     assert s.task_correlation() > 0.5
+    assert s.fit_status in ("converged", "stopped"), s.fit_status
 
 
 def test_single_task_until_two_external_scores() -> None:
@@ -43,3 +50,54 @@ def test_single_task_until_two_external_scores() -> None:
     s.fit(x, dev, xe[:1], ext[:1])
     assert not s.two_task and np.isnan(s.predict(x[:2])["ext_mean"]).all()
     assert np.isnan(s.task_correlation())
+
+
+def test_autoregressive_kernel_is_the_documented_covariance() -> None:
+    """c_i c_j k_f + [i = j = 1] k_delta, c = (1, rho), for a rho of either sign."""
+    import torch
+
+    torch.manual_seed(0)
+    kernel = _autoregressive_kernel(2).to(torch.float64)
+    kernel.rho.data.fill_(-0.7)
+    z = torch.rand(5, 2, dtype=torch.float64)
+    task = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    x = torch.cat([z, task[:, None]], -1)
+    with torch.no_grad():
+        got = kernel(x, x).to_dense()
+        kf = kernel.dev_kernel(z, z).to_dense()
+        kd = kernel.gap_kernel(z, z).to_dense()
+        diag = kernel(x, x, diag=True)
+    c = torch.where(task == 1, torch.tensor(-0.7, dtype=torch.float64), 1.0)
+    ext = (task == 1).to(torch.float64)
+    want = c[:, None] * c[None, :] * kf + ext[:, None] * ext[None, :] * kd
+    assert torch.allclose(got, want)
+    assert torch.allclose(diag, torch.diagonal(want))
+    assert torch.linalg.eigvalsh(got).min() > -1e-10  # positive semi-definite
+
+
+def test_accuracy_replay_scores_both_forms_before_and_after_the_alarm(tmp_path) -> None:
+    """`bench surrogate` on a stored study: every form scored on the same held-out points."""
+    from conftest import run_cli
+    from studybuild import build_study
+
+    from searchlab.model_accuracy import surrogate_accuracy
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    build_study(url, rounds=6, candidates=4)
+    result = surrogate_accuracy(url, forms=list(SurrogateForm))
+    rows = {(r["form"], r["phase"]): r for r in result["table"]}
+    for form in SurrogateForm:
+        every = rows[(str(form), "all")]
+        assert (
+            every["points"]
+            == rows[(str(form), "before")]["points"] + rows[(str(form), "after")]["points"]
+        )
+        assert every["points"] > 0 and np.isfinite(every["rmse"])
+        assert 0.0 <= every["coverage90"] <= 1.0
+    # The built study's weak domain alarms: both phases are scored, on the same points.
+    assert rows[("icm", "after")]["points"] == rows[("autoregressive", "after")]["points"] > 0
+    shown = run_cli("bench", "surrogate", "--storage", url)
+    assert shown.returncode == 0, shown.stderr
+    assert "autoregressive" in shown.stdout and "coverage" in shown.stdout
+    missing = run_cli("bench", "surrogate", "--storage", url, "--study", "nope")
+    assert missing.returncode == 2 and "nope" in missing.stderr
