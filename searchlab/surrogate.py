@@ -1,13 +1,15 @@
 """Per-domain surrogate: one GP over (recipe, task) with two tasks, dev and external.
 
-For domain ``d`` the model is an intrinsic coregionalisation model (ICM, Bonilla et al. 2008)
+For domain ``d`` the default model (``SurrogateForm.ICM``) is an intrinsic coregionalisation
+model (ICM, Bonilla et al. 2008)
 
     cov((x, i), (x', j)) = k(x, x') * B[i, j],    B = F F^T + diag(v),  F in R^{2 x 2}
 
-with ``k`` a Matern-5/2 ARD kernel and task ``0`` = dev (observed at every candidate), task
+with ``k`` BoTorch's default RBF ARD kernel (log-normal lengthscale prior scaled with the
+dimension) and task ``0`` = dev (observed at every candidate), task
 ``1`` = external (observed at the few submitted ones). BoTorch's ``MultiTaskGP`` uses a
 ``PositiveIndexKernel`` with a Beta prior that can only represent non-negative task correlation
-(NOTES.md: a true -0.9 was fitted as +0.05..+0.10); a flipped proxy must be representable, so the
+(measured: a true -0.9 was fitted as +0.05..+0.10); a flipped proxy must be representable, so the
 task kernel here is gpytorch's unconstrained ``IndexKernel`` of full rank.
 
 Outcomes are standardised jointly, levels differ per task; noise is inferred per task, so
@@ -38,7 +40,7 @@ L-BFGS run that does not converge is kept, and the next round goes on from it; a
 every attempt fails keeps its last hyperparameters instead of stopping the study.
 
 Why one GP per domain and not one over all domains' 2K tasks: a joint fit over 6 domains took
-97 s at 50 candidates and 391 s at 100 on one CPU thread (NOTES.md); per-domain fits take a few
+97 s at 50 candidates and 391 s at 100 on one CPU thread (measured); per-domain fits take a few
 seconds cold and well under one second warm-started from the previous fit's hyperparameters.
 """
 
