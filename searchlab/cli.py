@@ -866,19 +866,32 @@ def bench_search(
     if as_json:
         print(
             json.dumps(
-                [{k: v for k, v in r.items() if k not in ("regrets", "alarms")} for r in rows],
+                [
+                    {
+                        k: v
+                        for k, v in r.items()
+                        if k not in ("regrets", "alarms", "regrets_best_observed")
+                    }
+                    for r in rows
+                ],
                 indent=2,
             )
         )
         return
-    table = Table("instance", "method", "median regret", "IQR", "seeds")
+    import statistics
+
+    table = Table(
+        "instance", "method", "median regret", "IQR", "seeds", "peer: best observed, median"
+    )
     for r in rows:
+        observed = r["regrets_best_observed"]
         table.add_row(
             _esc(r["instance"]),
             _esc(r["method"]),
             f"{r['median_regret']:.4f}",
             f"{r['iqr']:.4f}",
             str(r["seeds"]),
+            f"{statistics.median(observed):.4f}" if observed else "-",
         )
     out.print(table)
 

@@ -358,6 +358,12 @@ def _softplus(z: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, z)
 
 
+def _intensity(log_lr: np.ndarray, epochs: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Training intensity ``I = epochs * u(lr) * c(rank)`` of ``n`` recipes (module docstring)."""
+    u = np.exp(-0.5 * ((log_lr - _LR_PEAK) / _LR_WIDTH) ** 2)
+    return epochs * u * (1.0 - np.exp(-rank / _RANK_SCALE))
+
+
 class ResponseSurface:
     """One seeded instance of a simulated post-training response surface.
 
@@ -506,9 +512,7 @@ class ResponseSurface:
             ``(dev, external)``, each ``n x K``; external is None when not asked for.
         """
         cfg = self.config
-        u = np.exp(-0.5 * ((log_lr - _LR_PEAK) / _LR_WIDTH) ** 2)
-        cap = 1.0 - np.exp(-rank / _RANK_SCALE)
-        intensity = epochs * u * cap
+        intensity = _intensity(log_lr, epochs, rank)
         x = w * intensity[:, None] / self._need
         run_penalty = (
             _RHO_EPOCHS * (epochs / EPOCHS_HIGH) ** 2
@@ -528,6 +532,24 @@ class ResponseSurface:
             if ext is not None:
                 ext[:, j] += self._hack_term(dist)
         return dev, ext
+
+    def hack_distance(
+        self, recipe: Mapping[str, Any], *, candidate: int | None = None
+    ) -> dict[str, float]:
+        """``D_d = sqrt(h * w_d * I)`` of each weak domain (0 while the hack is locked).
+
+        Args:
+            recipe: A complete recipe.
+            candidate: The candidate's index, for ``hack_unlock_at`` (None: unlocked).
+        """
+        r = self._parse(recipe)
+        h = r.h if self._unlocked(candidate) else 0.0
+        intensity = float(
+            _intensity(np.array([r.log_lr]), np.array([r.epochs]), np.array([r.rank]))[0]
+        )
+        return {
+            self.domains[j]: math.sqrt(max(h * r.w[j] * intensity, 0.0)) for j in self._weak_idx
+        }
 
     def _hack_term(self, dist: np.ndarray) -> np.ndarray:
         cfg = self.config

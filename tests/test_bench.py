@@ -26,3 +26,32 @@ def test_search_quick_runs_every_method_on_the_same_instance() -> None:
         # The engine's switches per seed ("domain@candidate"), so a late alarm and none differ.
         assert len(r["alarms"]) == (1 if r["method"] in ENGINE_METHODS else 0)
         assert all("@" in a for seed in r["alarms"] for a in seed)
+        # Peers are judged by a model; their best observed external is reported beside it.
+        observed = r["regrets_best_observed"]
+        assert len(observed) == (0 if r["method"] in ENGINE_METHODS else 1)
+        assert all(v >= -1e-6 for v in observed)
+
+
+def test_the_oracle_switches_where_a_candidate_goes_past_the_external_peak() -> None:
+    from types import SimpleNamespace
+
+    from searchlab.bench import past_peak
+    from searchlab.simulation import DOMAINS, ResponseSurface, SurfaceConfig
+
+    def candidate(number: int, template_share: float, state: str = "COMPLETE") -> SimpleNamespace:
+        recipe = {f"mixture.{d}": (1.0 if d == "equations" else 0.0) for d in DOMAINS}
+        recipe.update(
+            learning_rate=10**-4.3, epochs=8, lora_rank=64, template_share=template_share,
+            lora_dropout=0.1,
+        )  # fmt: skip
+        return SimpleNamespace(number=number, recipe=recipe, state=state)
+
+    goodhart = ResponseSurface(config=SurfaceConfig(b_g=1.5), instance_seed=0)
+    assert past_peak(goodhart, [candidate(0, 0.0)]) == set()  # no template data: no hack
+    assert past_peak(goodhart, [candidate(0, 1.0, state="RUNNING")]) == set()
+    assert past_peak(goodhart, [candidate(0, 0.0), candidate(1, 1.0)]) == {"equations"}
+    late = ResponseSurface(config=SurfaceConfig(b_g=1.5, hack_unlock_at=24), instance_seed=0)
+    assert past_peak(late, [candidate(23, 1.0)]) == set()  # still locked
+    assert past_peak(late, [candidate(24, 1.0)]) == {"equations"}
+    null = ResponseSurface(config=SurfaceConfig(variant="null"), instance_seed=0)
+    assert past_peak(null, [candidate(0, 1.0)]) == set()  # no peak to go past
