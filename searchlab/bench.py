@@ -175,16 +175,18 @@ METHODS = (
 ENGINE_METHODS = ("searchlab", "dev-only", "oracle")
 
 
-def _study_data(instance: str, seed: int, *, quick: bool) -> dict[str, Any]:
+def _study_data(instance: str, seed: int, *, quick: bool, rounds: int = 8) -> dict[str, Any]:
     spec = INSTANCES[instance]
     options = {"weak_domains": ["equations"], **spec["options"]}
     if quick:
         # Checks that the harness works, not the goals: two domains (three where two are weak).
         domains = ["cipher", *options["weak_domains"]]
-        rounds, external = {"candidates": 4, "count": 3}, {"per_round": 2, "total": 6}
+        size, external = {"candidates": 4, "count": 3}, {"per_round": 2, "total": 6}
     else:
+        # The study file's budget by default (8 rounds: 64 candidates, 16 submissions); the
+        # paper's is 4 rounds (32 and 8).
         domains = list(DOMAINS)
-        rounds, external = {"candidates": 8, "count": 8}, {"per_round": 2, "total": 16}
+        size, external = {"candidates": 8, "count": rounds}, {"per_round": 2, "total": 2 * rounds}
     if instance == "late-hack" and quick:
         options["hack_unlock_at"] = 8
     return {
@@ -193,7 +195,7 @@ def _study_data(instance: str, seed: int, *, quick: bool) -> dict[str, Any]:
         "domains": [{"name": d} for d in domains],
         "space": canonical_space(domains),
         "backend": {"name": "simulated", "options": options},
-        "rounds": rounds,
+        "rounds": size,
         "external": {**external, "resolution": 0.01},
         "policy": {"warmup_rounds": 1, "threshold": 20},
     }
@@ -412,6 +414,7 @@ def search(
     seeds: int = 10,
     first_seed: int = 0,
     quick: bool = False,
+    rounds: int = 8,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs methods side by side on the same simulated instances (common random numbers).
@@ -426,8 +429,10 @@ def search(
         seeds: Seeds per instance.
         first_seed: The first seed (seeds ``first_seed .. first_seed + seeds - 1``), so that
             seeds can be split over processes and the rows merged.
-        quick: A small preset (2-3 domains, 3 rounds of 4, 3 submissions) that checks the
+        quick: A small preset (2-3 domains, 3 rounds of 4, 6 submissions) that checks the
             harness, not the goals.
+        rounds: Rounds of 8 candidates in the full preset, 2 submissions each (8: the study
+            file's 64 candidates; 4: the paper's 32).
         progress: Called with one line per (instance, seed, method) as each finishes.
 
     Returns:
@@ -451,7 +456,8 @@ def search(
             observed_by: dict[str, list[float]] = {m: [] for m in methods}
             for seed in range(first_seed, first_seed + seeds):
                 config = validate_study(
-                    _study_data(instance, seed, quick=quick), source=f"bench {instance}"
+                    _study_data(instance, seed, quick=quick, rounds=rounds),
+                    source=f"bench {instance}",
                 )
                 for method in methods:
                     backend = backend_for(config)  # config.seed is this seed

@@ -836,6 +836,10 @@ def bench_search(
     ] = False,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per instance.")] = None,
     first_seed: Annotated[int, typer.Option(min=0, help="First seed (split runs).")] = 0,
+    rounds: Annotated[
+        int,
+        typer.Option(min=2, max=64, help="Rounds of 8 candidates, 2 submissions each (paper: 4)."),
+    ] = 8,
     method: Annotated[
         list[str] | None, typer.Option(help="Method(s) to run (default: all).")
     ] = None,
@@ -860,6 +864,7 @@ def bench_search(
         seeds=seeds or (1 if quick else 10),
         first_seed=first_seed,
         quick=quick,
+        rounds=rounds,
         # One line per finished run on stderr: a long benchmark shows where it is.
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
