@@ -941,9 +941,13 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
-        # Typer's usage errors (unknown option, missing argument) know how to show themselves.
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
-            exc.show()
+        # Click's usage errors (unknown option, bad value, missing argument): one line, as every
+        # other error, instead of Click's usage box.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = " | ".join(p.strip() for p in exc.format_message().splitlines() if p.strip())
+            err.print(
+                f"error: {message} (see --help)", markup=False, highlight=False, soft_wrap=True
+            )
             sys.exit(exc.exit_code)
         raise
     if code == 130:  # Typer turns KeyboardInterrupt into exit code 130

@@ -280,3 +280,18 @@ def test_create_with_broken_backend_stores_nothing(tiny_study: Path, tmp_path: P
     )
     # Nothing was stored: not even the database file was created.
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "culprit"),
+    [
+        (("bench", "search", "--rounds", "1"), "--rounds"),
+        (("validity", "corpus", "--submissions", "0"), "--submissions"),
+        (("study", "status", "--no-such-option"), "--no-such-option"),
+        (("study", "status"), "name"),
+        (("study", "frobnicate"), "frobnicate"),
+    ],
+)
+def test_usage_errors_are_one_line(argv: tuple[str, ...], culprit: str) -> None:
+    """A bad option value, an unknown option or command, a missing argument: one line, exit 2."""
+    assert_one_line_error(run_cli(*argv), culprit)
