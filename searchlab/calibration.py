@@ -115,8 +115,11 @@ def make_corpus(
     """Runs (or finishes) one study per instance and seed into ``storage_url``.
 
     A study already finished there is kept as it is; an unfinished one is resumed, so the
-    corpus can be built over several runs and split over processes by seed. Seeds are the
-    outer loop, so an interrupted build leaves every instance with about as many studies.
+    corpus can be built over several runs and split over processes by seed: disjoint
+    ``seeds`` per process, on one storage (SQLite serialises the writes, waiting for the lock)
+    or on one storage each, merged afterwards with ``optuna.copy_study`` (every searchlab value
+    is a study or trial attribute, so a copy replays the same). Seeds are the outer loop, so an
+    interrupted build leaves every instance with about as many studies.
 
     Args:
         storage_url: Optuna storage URL.
