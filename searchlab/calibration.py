@@ -10,6 +10,7 @@ dev-only GP, floored external scores). This module measures that directly:
   keeps following dev at no less than the tracking fraction) measure false alarms;
   **alternative** instances (:data:`ALTERNATIVE_INSTANCES`: a weak domain decouples) measure
   power and delay.
+- :func:`merge_corpus` joins corpora built over processes with one storage each.
 - :func:`false_alarms` replays any detector setting over every stored null study
   (:func:`searchlab.analysis.reanalyze`, on the dev each pair entered the test with) and counts
   the studies in which any domain would have alarmed at any check.
@@ -37,6 +38,7 @@ __all__ = [
     "compare_peers",
     "false_alarms",
     "make_corpus",
+    "merge_corpus",
     "power",
 ]
 
@@ -172,6 +174,38 @@ def make_corpus(
             if progress is not None:
                 progress(f"{name}: finished")
     return names
+
+
+def merge_corpus(
+    storage_url: str, sources: Sequence[str], *, progress: Callable[[str], None] | None = None
+) -> list[str]:
+    """Copies the finished studies of ``sources`` that ``storage_url`` lacks into it.
+
+    The way to join a corpus built over processes with one storage each. An unfinished study is
+    left where it is (resume it there); a name already in ``storage_url`` is kept as it is.
+
+    Returns:
+        The names copied.
+    """
+    import optuna
+
+    from searchlab.store import Storage
+
+    target = Storage(storage_url, create=True)
+    have = set(target.names())
+    copied = []
+    for url in sources:
+        source = Storage(url)
+        for name in source.names():
+            if name in have or not source.load(name).get("finished"):
+                continue
+            # Every searchlab value is a study or trial attribute: the copy replays the same.
+            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target.url)
+            have.add(name)
+            copied.append(name)
+            if progress is not None:
+                progress(f"{name}: copied")
+    return copied
 
 
 def false_alarms(

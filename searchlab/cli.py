@@ -698,6 +698,23 @@ def validity_corpus(
     )
 
 
+@validity_app.command("merge")
+def validity_merge(
+    sources: Annotated[
+        list[str], typer.Option("--from", help="A storage to copy finished studies from.")
+    ],
+    storage: StorageOpt = None,
+) -> None:
+    """Join a corpus built over processes: copy finished studies the storage lacks."""
+    from searchlab.calibration import merge_corpus
+
+    _quiet_libraries()
+    copied = merge_corpus(
+        _storage_url(storage), sources, progress=lambda line: err.print(line, markup=False)
+    )
+    out.print(f"copied {len(copied)} studies", markup=False)
+
+
 @validity_app.command("replay")
 def validity_replay(
     storage: StorageOpt = None,

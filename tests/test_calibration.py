@@ -89,3 +89,25 @@ def test_replay_commands_name_a_bad_setting_in_one_line(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and culprit in lines[0], done.stderr
     assert not db.exists()  # nothing was created
+
+
+def test_a_corpus_built_over_processes_merges_into_one(tmp_path: Path) -> None:
+    """Two storages built side by side, joined by `validity merge`, replay as their sum."""
+    parts = [sqlite_url(tmp_path / f"part-{seed}.db") for seed in (3, 4)]
+    for url, seed in zip(parts, (3, 4), strict=True):
+        make_corpus(url, instances=["null"], seeds=[seed], rounds=(5, 3), external=(3, 9))
+    joined = sqlite_url(tmp_path / "joined.db")
+    merged = run_cli(
+        "validity", "merge", "--storage", joined, "--from", parts[0], "--from", parts[1]
+    )
+    assert merged.returncode == 0, merged.stderr
+    assert "copied 2 studies" in merged.stdout
+    names = [n for url in parts for n in Storage(url).names()]
+    assert Storage(joined).names() == sorted(names)
+    each = [false_alarms(url, threshold=1.5) for url in parts]
+    both = false_alarms(joined, threshold=1.5)
+    assert both["studies"] == 2
+    assert both["with_alarm"] == sum(e["with_alarm"] for e in each)
+    assert both["alarms"] == {k: v for e in each for k, v in e["alarms"].items()}
+    again = run_cli("validity", "merge", "--storage", joined, "--from", parts[0])
+    assert again.returncode == 0 and "copied 0 studies" in again.stdout
