@@ -37,7 +37,7 @@ external points spread along ``f``; with two it is a prior draw.
 
 Every fit's optimiser status is checked and kept (:attr:`DomainSurrogate.fit_status`): a warm
 L-BFGS run that does not converge is kept, and the next round goes on from it; a cold fit whose
-every attempt fails keeps its last hyperparameters instead of stopping the study.
+every attempt fails keeps its starting hyperparameters instead of stopping the study.
 
 Why one GP per domain and not one over all domains' 2K tasks: a joint fit over 6 domains took
 97 s at 50 candidates and 391 s at 100 on one CPU thread (measured); per-domain fits take a few
@@ -181,7 +181,7 @@ class DomainSurrogate:
         self.dim = dim
         self.form = SurrogateForm(form)
         #: How the last fit ended: ``"converged"``, ``"stopped"`` (the warm run's iteration cap),
-        #: ``"warm run not converged, kept: ..."`` or ``"failed, kept ...: ..."``.
+        #: ``"warm run not converged, kept: ..."`` or ``"failed, kept the starting ...: ..."``.
         self.fit_status = "not fitted"
         self.simplex_groups = [list(g) for g in simplex_groups]
         self.resolution = resolution
@@ -301,8 +301,8 @@ class DomainSurrogate:
         try:
             fit_gpytorch_mll(mll, max_attempts=2)
         except ModelFittingError as exc:
-            # Every attempt failed: the model keeps its last hyperparameters and says so.
-            return f"failed, kept the last hyperparameters: {exc}"[:200]
+            # Every attempt failed (BoTorch restores the starting state): say so, go on.
+            return f"failed, kept the starting hyperparameters: {exc}"[:200]
         return "converged"
 
     def _warm_start(self, model: Model) -> bool:
