@@ -317,13 +317,16 @@ def _run_peer(method: str, config: Any, backend: Any) -> tuple[float, float]:
                 study.tell(t, mean_dev)
     if not submitted:  # no budget at all: fall back to the best dev (what else?)
         fallback = max(scored, key=lambda s: s[0])[2]
-        regret = _regret(backend, domains, weights, fallback)
-        return regret, regret
+        return _regrets(config, backend, fallback, fallback)
     observed = max(submitted, key=lambda s: s[1])[2]
-    modelled = _best_modelled(space, submitted, seed=config.seed)
+    return _regrets(config, backend, _best_modelled(space, submitted, seed=config.seed), observed)
+
+
+def _regrets(config: Any, backend: Any, modelled: Any, observed: Any) -> tuple[float, float]:
+    """Regrets of a peer's two recommendations: by its model, by its best observation."""
     return (
-        _regret(backend, domains, weights, modelled),
-        _regret(backend, domains, weights, observed),
+        _regret(backend, config.domain_names, config.weights, modelled),
+        _regret(backend, config.domain_names, config.weights, observed),
     )
 
 
@@ -396,15 +399,15 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
         for n in open_[:left]:
             ext = backend.submit_external(artefacts[n], submission=len(external))
             external[int(n)] = sum(weights[d] * ext[d] for d in domains)
+    if not external:  # no budget at all: the best modelled dev
+        best = artefacts[int(np.argmax(model.predict(fit())["dev_mean"]))]
+        return _regrets(config, backend, best, best)
     submitted = [(recipes[n], v, artefacts[n]) for n, v in external.items()]
     observed = max(submitted, key=lambda s: s[1])[2]
     fit()
     p = model.predict(np.array([space.encode(recipes[n]) for n in external]))
     modelled = submitted[int(np.argmax(p["ext_mean"] if model.two_task else p["dev_mean"]))][2]
-    return (
-        _regret(backend, domains, weights, modelled),
-        _regret(backend, domains, weights, observed),
-    )
+    return _regrets(config, backend, modelled, observed)
 
 
 def search(
@@ -437,8 +440,10 @@ def search(
 
     Returns:
         One row per (instance, method): ``instance``, ``method``, ``median_regret``, ``iqr``,
-        ``seeds``, ``regrets`` (per seed) and ``alarms`` (per seed, the engine methods'
-        switches as ``domain@candidate``; empty for peers).
+        ``seeds``, ``regrets`` (per seed), ``alarms`` (per seed, the engine methods'
+        switches as ``domain@candidate``; empty for peers) and ``regrets_best_observed`` (per
+        seed, a peer's regret had it recommended its best observed external; empty for the
+        engine's methods).
     """
     import warnings
 

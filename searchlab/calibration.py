@@ -182,7 +182,9 @@ def merge_corpus(
     """Copies the finished studies of ``sources`` that ``storage_url`` lacks into it.
 
     The way to join a corpus built over processes with one storage each. An unfinished study is
-    left where it is (resume it there); a name already in ``storage_url`` is kept as it is.
+    left where it is (resume it there). A name already in ``storage_url`` is kept when it holds
+    as many trials as its source; otherwise it is a copy an interrupted merge left half done
+    (Optuna copies a study in several transactions), and it is copied again.
 
     Returns:
         The names copied.
@@ -191,17 +193,28 @@ def merge_corpus(
 
     from searchlab.store import Storage
 
-    target = Storage(storage_url, create=True)
-    have = set(target.names())
+    # Optuna's own storage objects: the engine options and error handling of searchlab's.
+    target = Storage(storage_url, create=True).optuna_storage
     copied = []
     for url in sources:
         source = Storage(url)
         for name in source.names():
-            if name in have or not source.load(name).get("finished"):
+            record = source.load(name)
+            if not record.get("finished"):
                 continue
+            want = len(record.study.get_trials(deepcopy=False))
+            try:
+                have = optuna.load_study(study_name=name, storage=target)
+            except KeyError:
+                have = None
+            if have is not None:
+                if len(have.get_trials(deepcopy=False)) == want:
+                    continue
+                optuna.delete_study(study_name=name, storage=target)
             # Every searchlab value is a study or trial attribute: the copy replays the same.
-            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target.url)
-            have.add(name)
+            optuna.copy_study(
+                from_study_name=name, from_storage=source.optuna_storage, to_storage=target
+            )
             copied.append(name)
             if progress is not None:
                 progress(f"{name}: copied")

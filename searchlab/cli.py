@@ -855,7 +855,11 @@ def bench_search(
     first_seed: Annotated[int, typer.Option(min=0, help="First seed (split runs).")] = 0,
     rounds: Annotated[
         int,
-        typer.Option(min=2, max=64, help="Rounds of 8 candidates, 2 submissions each (paper: 4)."),
+        typer.Option(
+            min=3,  # 6 submissions: the fewest the validity test needs
+            max=64,
+            help="Rounds of 8 candidates, 2 submissions each (paper: 4; not with --quick).",
+        ),
     ] = 8,
     method: Annotated[
         list[str] | None, typer.Option(help="Method(s) to run (default: all).")
@@ -918,6 +922,10 @@ def bench_search(
     out.print(table)
 
 
+def _one_line(text: str) -> str:
+    return " | ".join(p.strip() for p in text.splitlines() if p.strip())
+
+
 def _interrupted_code() -> int:
     """130 after SIGINT (Ctrl-C), 143 after SIGTERM: 128 + the signal, as shells report it."""
     import signal
@@ -948,8 +956,7 @@ def main() -> None:
         code = app(standalone_mode=False)
     except SearchlabError as exc:
         # One line, whatever the culprit's message looks like (a CUDA error spans many).
-        message = " | ".join(p.strip() for p in str(exc).splitlines() if p.strip())
-        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"error: {_one_line(str(exc))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         _ignore_further_signals()
@@ -958,13 +965,15 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
+        # Typer's own copy of Click raises these, so they are known by their attributes.
+        if type(exc).__name__ == "NoArgsIsHelpError" and hasattr(exc, "show"):
+            exc.show()  # a command group given no command: its help
+            sys.exit(exc.exit_code)
         # Click's usage errors (unknown option, bad value, missing argument): one line, as every
         # other error, instead of Click's usage box.
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            message = " | ".join(p.strip() for p in exc.format_message().splitlines() if p.strip())
-            err.print(
-                f"error: {message} (see --help)", markup=False, highlight=False, soft_wrap=True
-            )
+            message = f"{_one_line(exc.format_message())} (see --help)"
+            err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         raise
     if code == 130:  # Typer turns KeyboardInterrupt into exit code 130

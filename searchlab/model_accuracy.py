@@ -2,9 +2,10 @@
 
 For a stored study on the simulated back end (which knows every recipe's true external score),
 :func:`surrogate_accuracy` replays the study round by round, as the engine saw it: after round
-``r`` each form of :class:`searchlab.surrogate.DomainSurrogate` is fitted (warm-started from round
-``r - 1``, as in the engine) on the dev of every candidate so far and on the external scores
-submitted so far, and predicts the true external of every candidate that was **not** submitted.
+``r`` each form of :class:`searchlab.surrogate.DomainSurrogate` is fitted (warm-started from its
+fit after round ``r - 1``; the engine fits more often, so its warm starts differ) on the dev of
+every candidate so far and on the external scores submitted so far, and predicts the true
+external of every candidate that was **not** submitted.
 Per form and phase it reports
 
     RMSE = sqrt(mean_i (mu_i - y_i)^2),    coverage = mean_i 1{|mu_i - y_i| <= 1.645 sd_i},
@@ -32,7 +33,7 @@ _Z90 = 1.6448536269514722
 
 
 def _first_alarms(log: list[dict[str, Any]]) -> dict[str, int]:
-    """Per domain, the submission index after which it first alarmed (switched or ignored)."""
+    """Per domain, the candidate whose submission first made it alarm (switched or ignored)."""
     first: dict[str, int] = {}
     for entry in log:
         switched = entry["kind"] == "mode_switch" and entry.get("to_mode") == "decoupled"
@@ -49,7 +50,7 @@ def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, A
 
     config = StudyConfig.model_validate(record.config_data)
     backend = backend_for(config)
-    weak = [d for d in config.backend.options.get("weak_domains", []) if d in config.domain_names]
+    weak = [d for d in backend.surface.config.weak_domains if d in config.domain_names]
     space = SearchSpace(config.space)
     done = [c for c in record.candidates() if c.state == "COMPLETE"]
     truth = {
@@ -136,6 +137,8 @@ def surrogate_accuracy(
     for name in names or storage.names():
         record = storage.load(name)
         if (record.config_data.get("backend") or {}).get("name") != "simulated":
+            if progress is not None:
+                progress(f"{name}: skipped (not on the simulated back end: no truth)")
             continue
         rows += _study_rows(record, forms)
         if progress is not None:

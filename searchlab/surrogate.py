@@ -113,7 +113,7 @@ def _autoregressive_kernel(dim: int):  # -> gpytorch Kernel over (x, task)
             return c1.unsqueeze(-1) * c2.unsqueeze(-2) * kf + both * kd
 
         def task_correlation(self) -> float:
-            """corr(dev(x), ext(x)) at one recipe: rho s_f / sqrt(rho^2 s_f + s_delta)."""
+            """corr(dev(x), ext(x)) at one recipe: rho s_f / sqrt(s_f (rho^2 s_f + s_delta))."""
             sf, sd = self.dev_kernel.outputscale, self.gap_kernel.outputscale
             rho = self.rho.reshape(())
             return float(rho * sf / torch.sqrt(sf * (rho**2 * sf + sd)))

@@ -285,7 +285,7 @@ def test_create_with_broken_backend_stores_nothing(tiny_study: Path, tmp_path: P
 @pytest.mark.parametrize(
     ("argv", "culprit"),
     [
-        (("bench", "search", "--rounds", "1"), "--rounds"),
+        (("bench", "search", "--rounds", "2"), "--rounds"),
         (("validity", "corpus", "--submissions", "0"), "--submissions"),
         (("study", "status", "--no-such-option"), "--no-such-option"),
         (("study", "status"), "name"),
@@ -295,3 +295,10 @@ def test_create_with_broken_backend_stores_nothing(tiny_study: Path, tmp_path: P
 def test_usage_errors_are_one_line(argv: tuple[str, ...], culprit: str) -> None:
     """A bad option value, an unknown option or command, a missing argument: one line, exit 2."""
     assert_one_line_error(run_cli(*argv), culprit)
+
+
+def test_a_command_group_without_a_command_shows_its_help() -> None:
+    result = run_cli("study")
+    assert result.returncode == 2
+    assert "create" in result.stdout + result.stderr  # the group's commands are listed
+    assert "error:" not in result.stdout + result.stderr

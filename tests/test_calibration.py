@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import run_cli, sqlite_url
 
@@ -97,6 +98,9 @@ def test_a_corpus_built_over_processes_merges_into_one(tmp_path: Path) -> None:
     for url, seed in zip(parts, (3, 4), strict=True):
         make_corpus(url, instances=["null"], seeds=[seed], rounds=(5, 3), external=(3, 9))
     joined = sqlite_url(tmp_path / "joined.db")
+    # What an interrupted merge leaves: the study there, its trials not (yet) all copied.
+    half = Storage(parts[0]).names()[0]
+    optuna.create_study(study_name=half, storage=joined)
     merged = run_cli(
         "validity", "merge", "--storage", joined, "--from", parts[0], "--from", parts[1]
     )
