@@ -226,9 +226,15 @@ def _run_engine(config: Any, backend: Any, *, oracle: bool) -> tuple[float, list
     record = Storage("sqlite:///:memory:", create=True).create(config)
     engine = Engine(record=record, config=config, backend=backend)
     if oracle:
+        past: set[str] = set()
+        checked: set[int] = set()  # candidates already looked at: modes is read every step
 
         def modes() -> list[str]:
-            past = past_peak(backend.surface, record.candidates())
+            new = [
+                c for c in record.candidates() if c.state == "COMPLETE" and c.number not in checked
+            ]
+            checked.update(c.number for c in new)
+            past.update(past_peak(backend.surface, new))
             return ["decoupled" if d in past else engine.monitors[d].mode for d in engine.domains]
 
         engine.__class__ = type("OracleEngine", (Engine,), {"modes": property(lambda _: modes())})

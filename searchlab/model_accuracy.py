@@ -34,12 +34,13 @@ _Z90 = 1.6448536269514722
 
 def _first_alarms(log: list[dict[str, Any]]) -> dict[str, int]:
     """Per domain, the candidate whose submission first made it alarm (switched or ignored)."""
-    first: dict[str, int] = {}
-    for entry in log:
-        switched = entry["kind"] == "mode_switch" and entry.get("to_mode") == "decoupled"
-        if switched or entry["kind"] == "alarm_ignored":
-            first.setdefault(entry["domain"], int(entry["candidate"]))
-    return first
+    from searchlab.analysis import _study_events
+
+    return {
+        d: next(e["candidate"] for e in events if e["to_mode"] == "decoupled")
+        for d, events in _study_events(log, order=[]).items()
+        if any(e["to_mode"] == "decoupled" for e in events)
+    }
 
 
 def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, Any]]:
@@ -76,11 +77,11 @@ def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, A
             (n for n, e in externals.items() if e["round"] <= r),
             key=lambda n: externals[n]["submission"],
         )
-        shown = [n for n in shown if any(c.number == n for c in seen)]
+        index = {c.number: i for i, c in enumerate(seen)}
+        shown = [n for n in shown if n in index]
         if len(shown) < 2:
             continue
         x = np.array([space.encode(c.recipe) for c in seen])
-        index = {c.number: i for i, c in enumerate(seen)}
         held = [i for i, c in enumerate(seen) if c.number not in shown]
         for d in weak:
             alarmed = d in alarmed_at and alarmed_at[d] in shown
