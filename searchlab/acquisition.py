@@ -34,12 +34,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from searchlab.store import Mode
 from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate
 
 if TYPE_CHECKING:
     import torch
-
-PROXY, DECOUPLED = "proxy", "decoupled"
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def objective_coefficients(
     coef: list[float] = []
     for s, w, mode in zip(surrogates, weights, modes, strict=True):
         block = [0.0] * s.num_outputs
-        if mode == DECOUPLED and s.two_task:
+        if mode == Mode.DECOUPLED and s.two_task:
             # ext - lambda * (dev - ext): the penalty is on the proxy gap (module docstring).
             block[EXTERNAL] = (1.0 + dev_penalty) * w
             block[DEV] = -dev_penalty * w

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from searchlab.simulation import DOMAINS, ResponseSurface, SurfaceConfig, canonical_space
+from searchlab.store import CandidateState, Mode
 
 
 def _history(n: int, seed: int) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def _searchlab_seconds(h: dict[str, Any], *, warm: bool, seed: int) -> float:
     propose_batch(
         surrogates=surrogates,
         weights=[1 / len(DOMAINS)] * len(DOMAINS),
-        modes=["proxy"] * (len(DOMAINS) - 1) + ["decoupled"],
+        modes=[Mode.PROXY] * (len(DOMAINS) - 1) + [Mode.DECOUPLED],
         dev_penalty=0.5,
         x_baseline=x,
         x_pending=None,
@@ -212,7 +213,7 @@ def past_peak(surface: Any, candidates: Sequence[Any]) -> set[str]:
     peak = surface.hack_peak()
     past: set[str] = set()
     for c in candidates:
-        if c.state == "COMPLETE":
+        if c.state == CandidateState.COMPLETE:
             dist = surface.hack_distance(c.recipe, candidate=c.number)
             past.update(d for d, v in dist.items() if v > peak)
     return past
@@ -220,7 +221,8 @@ def past_peak(surface: Any, candidates: Sequence[Any]) -> set[str]:
 
 def _run_engine(config: Any, backend: Any, *, oracle: bool) -> tuple[float, list[str]]:
     """Regret of the engine's recommendation, and its alarms as ``domain@candidate``."""
-    from searchlab.engine import Engine, alarms
+    from searchlab.engine import Engine
+    from searchlab.readmodel import alarms
     from searchlab.store import Storage
 
     record = Storage("sqlite:///:memory:", create=True).create(config)
@@ -231,11 +233,15 @@ def _run_engine(config: Any, backend: Any, *, oracle: bool) -> tuple[float, list
 
         def modes() -> list[str]:
             new = [
-                c for c in record.candidates() if c.state == "COMPLETE" and c.number not in checked
+                c
+                for c in record.candidates()
+                if c.state == CandidateState.COMPLETE and c.number not in checked
             ]
             checked.update(c.number for c in new)
             past.update(past_peak(backend.surface, new))
-            return ["decoupled" if d in past else engine.monitors[d].mode for d in engine.domains]
+            return [
+                Mode.DECOUPLED if d in past else engine.monitors[d].mode for d in engine.domains
+            ]
 
         engine.__class__ = type("OracleEngine", (Engine,), {"modes": property(lambda _: modes())})
     result = engine.run()
@@ -346,7 +352,7 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
     Returns:
         As :func:`_run_peer`: regret of the best modelled and of the best observed submission.
     """
-    from searchlab.acquisition import DECOUPLED, propose_batch
+    from searchlab.acquisition import propose_batch
     from searchlab.space import SearchSpace
     from searchlab.surrogate import DomainSurrogate
 
@@ -378,7 +384,7 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
             proposal = propose_batch(
                 surrogates=[model],
                 weights=[1.0],
-                modes=[DECOUPLED],
+                modes=[Mode.DECOUPLED],
                 dev_penalty=0.0,  # external only: dev enters through the model
                 x_baseline=x,
                 x_pending=None,

@@ -168,7 +168,7 @@ def make_corpus(
                 source=f"corpus {instance} seed {seed}",
             )
             record = storage.load(name) if name in existing else storage.create(config)
-            if not record.get("finished"):
+            if not record.finished:
                 Engine(record=record, config=config, backend=backend_for(config)).run()
             names.append(name)
             if progress is not None:
@@ -200,9 +200,9 @@ def merge_corpus(
         source = Storage(url)
         for name in source.names():
             record = source.load(name)
-            if not record.get("finished"):
+            if not record.finished:
                 continue
-            want = len(record.study.get_trials(deepcopy=False))
+            want = len(record.candidates())
             try:
                 have = optuna.load_study(study_name=name, storage=target)
             except KeyError:
@@ -252,7 +252,7 @@ def false_alarms(
     settings: dict[str, Any] = {}
     for name in names:
         record = storage.load(name)
-        if not record.get("finished"):
+        if not record.finished:
             continue
         result = reanalyze(record, **overrides)
         settings = result["settings"]
@@ -317,7 +317,7 @@ def power(
     settings: dict[str, Any] = {}
     for name in names:
         record = storage.load(name)
-        if not record.get("finished"):
+        if not record.finished:
             continue
         instance = _instance_of(name)
         spec = ALTERNATIVE_INSTANCES[_base_instance(instance)]
@@ -325,12 +325,13 @@ def power(
         k, last = int(rounds["candidates"]), int(rounds["count"]) - 1
         result = reanalyze(record, **overrides)
         settings = result["settings"]
+        submissions = record.submissions()
         row = out.setdefault(instance, {"studies": 0, "domains": {}, "healthy_alarms": 0})
         row["studies"] += 1
         healthy = False
         for d, v in result["domains"].items():
             first = v["reanalysis"]["first_switch"]
-            r = None if first is None else record.get(f"external.{first['candidate']}")["round"]
+            r = None if first is None else submissions[first["candidate"]]["round"]
             if d not in spec["options"]["weak_domains"]:
                 healthy = healthy or first is not None
                 continue
@@ -354,10 +355,11 @@ def _streams(record: Any) -> dict[str, dict[str, Any]]:
     dev the knots were fixed from)."""
     import numpy as np
 
-    from searchlab.analysis import submissions
+    from searchlab.readmodel import read
 
-    done = [s for s in submissions(record) if s.get("state") == "done" and s.get("test_dev")]
-    warm = record.get("validity.warmup_dev") or {}
+    view = read(record)
+    done = [s for s in view.pairs if s.get("test_dev")]
+    warm = view.warmup_dev or {}
     return {
         d: {
             "x": np.array([s["test_dev"][d] for s in done], dtype=float),
@@ -397,7 +399,7 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
         if not name.startswith((_NULL_PREFIX + "-", _ALT_PREFIX + "-")):
             continue
         record = storage.load(name)
-        if not record.get("finished"):
+        if not record.finished:
             continue
         rounds = record.config_data["rounds"]
         entry = {

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from searchlab.errors import SearchlabError
+from searchlab.store import Mode
 
 app = typer.Typer(
     help="Bayesian search for post-training recipes that sees through a proxy.",
@@ -140,7 +141,7 @@ class _Display:
             )
         elif event == "round_done":
             modes = data["modes"]
-            decoupled = [d for d, m in modes.items() if m == "decoupled"]
+            decoupled = [d for d, m in modes.items() if m == Mode.DECOUPLED]
             err.print(
                 f"round {data['round'] + 1}: {data['candidates']} candidates, "
                 f"best dev {data['best_dev']:.3f}, "
@@ -190,7 +191,9 @@ def _run(
         record.refresh()
         if study_lease is None and held.taken_over is not None:
             _audit_takeover(record, held)
-        from searchlab.engine import Engine, status
+        from searchlab.dashboard import round_publisher
+        from searchlab.engine import Engine
+        from searchlab.readmodel import status
 
         _quiet_libraries()
         backend = backend if backend is not None else _load_backend(config, trust)
@@ -204,6 +207,7 @@ def _run(
                 external_workers=external_workers,
                 lease_s=lease_s,
                 guard=held.check,
+                after_round=[round_publisher],
             ).run()
         finally:
             display.close()
@@ -299,11 +303,11 @@ def study_resume(
     trust_backend: TrustOpt = False,
 ) -> None:
     """Continue an interrupted study at its first unfinished step."""
-    from searchlab.config import StudyConfig
+    from searchlab.config import stored_config
     from searchlab.store import Storage
 
     record = Storage(_storage_url(storage)).load(name)
-    config = StudyConfig.model_validate(record.config_data)
+    config = stored_config(record.config_data)
     _run(record, config, quiet, trust=_trust(trust_backend))
 
 
@@ -316,11 +320,11 @@ def coordinator(
     trust_backend: TrustOpt = False,
 ) -> None:
     """Run (or resume) a study whose candidates 'searchlab worker' processes train."""
-    from searchlab.config import StudyConfig
+    from searchlab.config import stored_config
     from searchlab.store import Storage
 
     record = Storage(_storage_url(storage)).load(name)
-    config = StudyConfig.model_validate(record.config_data)
+    config = stored_config(record.config_data)
     _run(record, config, quiet, external_workers=True, lease_s=lease, trust=_trust(trust_backend))
 
 
@@ -371,7 +375,7 @@ def study_status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rounds, candidates, budget, modes, alarms and the recommendation."""
-    from searchlab.engine import status
+    from searchlab.readmodel import status
     from searchlab.store import Storage
 
     s = status(Storage(_storage_url(storage)).load(name))
@@ -388,7 +392,7 @@ def study_status(
 @study_app.command("list")
 def study_list(storage: StorageOpt = None) -> None:
     """The searchlab studies in the storage."""
-    from searchlab.engine import status
+    from searchlab.readmodel import status
     from searchlab.store import Storage, redact
 
     store = Storage(_storage_url(storage))
@@ -457,7 +461,7 @@ def study_export(
     storage: StorageOpt = None,
 ) -> None:
     """Tidy tables: candidates, decisions, submissions and validity checks."""
-    from searchlab.analysis import FORMATS, OutputError, export
+    from searchlab.export import FORMATS, OutputError, export
     from searchlab.store import Storage
 
     if fmt not in FORMATS:
@@ -556,7 +560,7 @@ def study_report(
     storage: StorageOpt = None,
 ) -> None:
     """One self-contained HTML page, PNG figures and summary.md."""
-    from searchlab.analysis import check_output_dir
+    from searchlab.export import check_output_dir
     from searchlab.report import write_report
     from searchlab.store import Storage
 

@@ -60,7 +60,7 @@ from pydantic import (
 
 from searchlab.errors import StudyFileError
 from searchlab.surrogate import SurrogateForm
-from searchlab.validity import MIN_PAIRS, HingeForm
+from searchlab.validity import MIN_PAIRS, DetectorSettings, HingeForm
 
 # Matched with fullmatch: "$" alone would accept a trailing newline ("small\n").
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -455,6 +455,22 @@ class StudyConfig(_Strict):
     def total_candidates(self) -> int:
         return self.rounds.candidates * self.rounds.count
 
+    def detector_settings(self) -> DetectorSettings:
+        """The validity test's settings this study runs with (the one mapping from the file)."""
+        policy = self.policy
+        return DetectorSettings(
+            alpha=policy.alpha,
+            n_domains=len(self.domains),
+            knot_quantiles=tuple(policy.knot_quantiles),
+            knot_offsets=tuple(policy.knot_offsets),
+            threshold_override=policy.threshold,
+            return_alpha=policy.hysteresis.return_alpha,
+            min_dwell=policy.hysteresis.min_dwell,
+            tracking=policy.tracking,
+            hinge_form=policy.hinge_form,
+            prior_scale=policy.prior_scale,
+        )
+
     def with_overrides(self, *, name: str | None = None, seed: int | None = None) -> StudyConfig:
         """Returns a copy with the name and/or seed replaced (validated like the file)."""
         data = self.model_dump()
@@ -463,6 +479,25 @@ class StudyConfig(_Strict):
         if seed is not None:
             data["seed"] = seed
         return validate_study(data, source="command line")
+
+
+# Policy keys added after studies were first stored, with the value a study stored without the
+# key ran with (not today's default): a resumed or re-analysed old study keeps its test.
+_STORED_BEFORE = {
+    "tracking": 0.0,  # before kappa: the test of "slope above the knot >= 0"
+    "hinge_form": HingeForm.QUAD.value,  # the quadratic hinge, the default before the key
+}
+
+
+def stored_config(data: Any) -> StudyConfig:
+    """A stored study's config (``StudyRecord.config_data``), validated.
+
+    Raises:
+        pydantic.ValidationError: If it is not a study config this searchlab reads.
+    """
+    data = dict(data)
+    data["policy"] = {**_STORED_BEFORE, **(data.get("policy") or {})}
+    return StudyConfig.model_validate(data)
 
 
 class _FieldError(ValueError):

@@ -37,6 +37,7 @@ __all__ = [
     "is_loopback",
     "publish",
     "publish_after_round",
+    "round_publisher",
     "serve",
 ]
 
@@ -69,10 +70,9 @@ def publish(record: StudyRecord) -> list[str]:
     import optuna_dashboard
 
     from searchlab.report import figures, note_markdown, view
-    from searchlab.store import _storage_errors
 
     v = view(record)
-    with _storage_errors(record._store.url, "publish to the dashboard"):
+    with record.storage_errors("publish to the dashboard"):
         ids = [
             optuna_dashboard.save_plotly_graph_object(record.study, fig, graph_object_id=gid)
             for gid, fig in figures(v).items()
@@ -82,16 +82,26 @@ def publish(record: StudyRecord) -> list[str]:
 
 
 def publish_after_round(record: StudyRecord) -> str | None:
-    """:func:`publish` for the round loop: never raises; returns the error message, if any.
-
-    A figure that cannot be drawn must not stop a study: the engine records the message.
-    """
+    """:func:`publish` that never raises; returns the error message, if any."""
     try:
         publish(record)
     except Exception as exc:  # reported to the caller, never raised
         message = " ".join(str(exc).split())
         return f"{type(exc).__name__}: {message}"[:500]
     return None
+
+
+def round_publisher(record: StudyRecord, r: int) -> None:
+    """The engine's end-of-round subscriber (the CLI wires it: ``Engine(after_round=...)``).
+
+    A figure that cannot be drawn must not stop a study: the message goes to the audit
+    (``dashboard_publish_failed``) and the study goes on.
+    """
+    from searchlab.store import AuditKind
+
+    problem = publish_after_round(record)
+    if problem is not None:
+        record.audit(AuditKind.DASHBOARD_PUBLISH_FAILED, round=r, error=problem)
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})

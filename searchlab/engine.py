@@ -1,6 +1,6 @@
 """The round loop: propose, train and evaluate, submit, test validity, switch modes, audit.
 
-One round (DESIGN.md):
+One round:
 
     propose k          surrogates + acquisition in the current modes (quasi-random in warm-up)
     train, evaluate    each candidate through the back end -> per-domain dev
@@ -17,16 +17,15 @@ unfinished step: no finished candidate is redone, no submission is sent twice.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from searchlab.acquisition import DECOUPLED, PROXY, modelled_objective, propose_batch
+from searchlab.acquisition import modelled_objective, propose_batch
 from searchlab.backends import Backend, check_external_scores
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
@@ -40,18 +39,21 @@ from searchlab.policy import (
     record_probe,
     spread_by_dev,
 )
+from searchlab.readmodel import alarms
 from searchlab.space import SearchSpace
-from searchlab.store import Candidate, StudyRecord
+from searchlab.store import (
+    AuditKind,
+    Candidate,
+    CandidateState,
+    Mode,
+    Phase,
+    StudyRecord,
+    SubmissionState,
+)
 from searchlab.surrogate import DEV, DomainSurrogate
-from searchlab.validity import DetectorSettings, DomainMonitor, ValidityTest
+from searchlab.validity import DomainMonitor, ValidityTest
 
 Progress = Callable[[str, dict[str, Any]], None]
-
-_PHASES = ("proposed", "evaluated", "submitted", "done")
-
-
-def _phase_at_least(state: dict[str, Any] | None, phase: str) -> bool:
-    return state is not None and _PHASES.index(state["phase"]) >= _PHASES.index(phase)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Engine:
         poll_s: With external workers: seconds between looks at the round's candidates.
         guard: Called at every safe point; raises to stop the run (the CLI passes the study
             lease's check, which raises once another process took the study over).
+        after_round: Called with the record and the round number when a round is done (after
+            its audit entry); each must not raise for what should not stop the study.
     """
 
     def __init__(
@@ -94,8 +98,10 @@ class Engine:
         lease_s: float = 60.0,
         poll_s: float = 0.5,
         guard: Callable[[], None] | None = None,
+        after_round: Sequence[Callable[[StudyRecord, int], None]] = (),
     ) -> None:
         self.record = record
+        self.after_round = tuple(after_round)
         self.guard = guard or (lambda: None)
         self.external_workers = external_workers
         self.lease_s = lease_s
@@ -119,26 +125,15 @@ class Engine:
             )
             for i, _ in enumerate(self.domains)
         ]
-        self.settings = DetectorSettings(
-            alpha=config.policy.alpha,
-            n_domains=len(self.domains),
-            knot_quantiles=tuple(config.policy.knot_quantiles),
-            knot_offsets=tuple(config.policy.knot_offsets),
-            threshold_override=config.policy.threshold,
-            return_alpha=config.policy.hysteresis.return_alpha,
-            min_dwell=config.policy.hysteresis.min_dwell,
-            tracking=config.policy.tracking,
-            hinge_form=config.policy.hinge_form,
-            prior_scale=config.policy.prior_scale,
-        )
+        self.settings = config.detector_settings()
         self.tests = {d: ValidityTest(settings=self.settings) for d in self.domains}
-        knots = record.get("validity.warmup_dev")
+        knots = record.warmup_dev
         if knots:
             for d in self.domains:
                 self.tests[d].fix_knots(np.asarray(knots[d], dtype=float))
         self.monitors = {
-            d: DomainMonitor.from_dict(record.get(f"monitor.{d}"))
-            if record.get(f"monitor.{d}")
+            d: DomainMonitor.from_dict(stored)
+            if (stored := record.monitor_state(d))
             else DomainMonitor(domain=d)
             for d in self.domains
         }
@@ -159,20 +154,12 @@ class Engine:
     # -- state ------------------------------------------------------------------------------
 
     @property
-    def modes(self) -> list[str]:
+    def modes(self) -> list[Mode]:
         return [self.monitors[d].mode for d in self.domains]
 
-    def _round_state(self, r: int) -> dict[str, Any] | None:
-        return self.record.get(f"round.{r:04d}")
-
-    def _set_round(self, r: int, phase: str, **extra: Any) -> None:
-        state = dict(self._round_state(r) or {})
-        state.update(phase=phase, **extra)
-        self.record.put(f"round.{r:04d}", state)
-
     def externals(self) -> dict[int, dict[str, Any]]:
-        """Submissions by candidate number (pending, done or lost)."""
-        return {int(k): v for k, v in self.record.items("external").items()}
+        """Submissions by candidate number (in every state)."""
+        return self.record.submissions()
 
     def budget_used(self) -> int:
         return len(self.externals())
@@ -185,8 +172,8 @@ class Engine:
         A finished study is left as it is: its stored recommendation is returned.
         """
         started = time.perf_counter()
-        if self.record.get("finished"):
-            result = dict(self.record.get("recommendation") or {})
+        if self.record.finished:
+            result = self.record.recommendation
             self.progress("study_done", {**result, "seconds": 0.0})
             return result
         with sigint_latch() as latch:
@@ -200,17 +187,17 @@ class Engine:
             check()
             self._recover()
             for r in range(self.config.rounds.count):
-                state = self._round_state(r)
-                if _phase_at_least(state, "done"):
+                state = self.record.round_state(r)
+                if Phase.DONE.reached(state):
                     continue
                 self.progress("round_start", {"round": r, "rounds": self.config.rounds.count})
-                if not _phase_at_least(state, "proposed"):
+                if not Phase.PROPOSED.reached(state):
                     self._propose(r)
                 check()
-                if not _phase_at_least(self._round_state(r), "evaluated"):
+                if not Phase.EVALUATED.reached(self.record.round_state(r)):
                     self._evaluate(r)
                 check()
-                if not _phase_at_least(self._round_state(r), "submitted"):
+                if not Phase.SUBMITTED.reached(self.record.round_state(r)):
                     self._submit(r)
                 check()
                 summary = self._finish_round(r)
@@ -218,7 +205,7 @@ class Engine:
             check()
             with latch.deferred():  # the final audit entry and the mark belong together
                 result = self._recommend(final=True)
-                self.record.put("finished", True)
+                self.record.mark_finished()
         self.progress("study_done", {**result, "seconds": time.perf_counter() - started})
         return result
 
@@ -231,10 +218,10 @@ class Engine:
         """
         self._finish_replacements()
         for c in self.record.candidates():
-            if c.state == "RUNNING" and not self.external_workers:
+            if c.state == CandidateState.RUNNING and not self.external_workers:
                 self._replace(c, "interrupted: the process running it stopped")
         for number, sub in sorted(self.externals().items()):
-            if sub.get("state") != "pending":
+            if sub.get("state") != SubmissionState.PENDING:
                 continue
             artefact = self._candidate(number).artefact or {}
             recover = getattr(self.backend, "recover_external", None)
@@ -247,18 +234,20 @@ class Engine:
                 except Exception as exc:  # recorded; the submission is never re-sent
                     sub["recover_error"] = f"{type(exc).__name__}: {exc}"
             if scores is not None:
-                self.record.put(f"external.{number}", {**sub, "state": "done", "scores": scores})
+                self.record.put_submission(
+                    number, {**sub, "state": SubmissionState.DONE, "scores": scores}
+                )
                 self.record.audit(
-                    "submission_recovered",
+                    AuditKind.SUBMISSION_RECOVERED,
                     round=sub["round"],
                     candidate=number,
                     submission=sub["submission"],
                     scores=scores,
                 )
             else:
-                self.record.put(f"external.{number}", {**sub, "state": "lost"})
+                self.record.put_submission(number, {**sub, "state": SubmissionState.LOST})
                 self.record.audit(
-                    "submission_lost",
+                    AuditKind.SUBMISSION_LOST,
                     round=sub["round"],
                     candidate=number,
                     submission=sub["submission"],
@@ -284,7 +273,7 @@ class Engine:
                 c.recipe, round=c.round, proposal={**c.proposal, "replaces": c.number}
             )
             self.record.audit(
-                "candidate_replaced", round=c.round, candidate=c.number, reason=reason
+                AuditKind.CANDIDATE_REPLACED, round=c.round, candidate=c.number, reason=reason
             )
 
     def _finish_replacements(self) -> None:
@@ -299,28 +288,31 @@ class Engine:
         audited = {
             e.get("candidate")
             for e in self.record.audit_log()
-            if e["kind"] in ("candidate_replaced", "candidate_failed")
+            if e["kind"] in (AuditKind.CANDIDATE_REPLACED, AuditKind.CANDIDATE_FAILED)
         }
         for c in candidates:
-            if c.state != "FAIL" or (c.number in audited and c.number in replaced):
+            if c.state != CandidateState.FAIL or (c.number in audited and c.number in replaced):
                 continue
             reason = c.error or "failed"
             with self._latch.deferred():
                 if not c.reproposed:
                     if c.number not in audited:
                         self.record.audit(
-                            "candidate_failed", round=c.round, candidate=c.number, reason=reason
+                            AuditKind.CANDIDATE_FAILED,
+                            round=c.round,
+                            candidate=c.number,
+                            reason=reason,
                         )
                     continue
-                if c.number not in replaced and not _phase_at_least(
-                    self._round_state(c.round), "evaluated"
+                if c.number not in replaced and not Phase.EVALUATED.reached(
+                    self.record.round_state(c.round)
                 ):
                     self.record.enqueue(
                         c.recipe, round=c.round, proposal={**c.proposal, "replaces": c.number}
                     )
                 if c.number not in audited:
                     self.record.audit(
-                        "candidate_replaced",
+                        AuditKind.CANDIDATE_REPLACED,
                         round=c.round,
                         candidate=c.number,
                         reason=reason,
@@ -332,7 +324,7 @@ class Engine:
     def _propose(self, r: int) -> None:
         k = self.config.rounds.candidates
         existing = [c for c in self.record.candidates() if c.round == r]
-        need = k - len([c for c in existing if c.state != "FAIL"])
+        need = k - len([c for c in existing if c.state != CandidateState.FAIL])
         modes = dict(zip(self.domains, self.modes, strict=True))
         if need > 0 and r < self.config.policy.warmup_rounds:
             # Quasi-random warm-up; a top-up after a crash skips the points already enqueued.
@@ -342,10 +334,14 @@ class Engine:
                 self.record.enqueue(
                     recipe, round=r, proposal={"method": "sobol", "seed": seed, "modes": modes}
                 )
-            self.record.audit("proposal", round=r, method="sobol", count=len(recipes), seed=seed)
+            self.record.audit(
+                AuditKind.PROPOSAL, round=r, method="sobol", count=len(recipes), seed=seed
+            )
         elif need > 0:
             models = self._fit()
-            pending = [self.space.encode(c.recipe) for c in existing if c.state == "WAITING"]
+            pending = [
+                self.space.encode(c.recipe) for c in existing if c.state == CandidateState.WAITING
+            ]
             t0 = time.perf_counter()
             batch = propose_batch(
                 surrogates=self.surrogates,
@@ -372,7 +368,7 @@ class Engine:
                     },
                 )
             self.record.audit(
-                "proposal",
+                AuditKind.PROPOSAL,
                 round=r,
                 method="qLogNEI",
                 count=len(batch.x),
@@ -381,7 +377,7 @@ class Engine:
                 log_acquisition=batch.acquisition,
                 predicted_objective=batch.predicted_objective,
             )
-        self._set_round(r, "proposed")
+        self.record.set_phase(r, Phase.PROPOSED)
 
     # -- train and evaluate -----------------------------------------------------------------
 
@@ -391,13 +387,13 @@ class Engine:
         else:
             self._run_here(r)
         this_round = [c for c in self.record.candidates() if c.round == r]
-        if this_round and not any(c.state == "COMPLETE" for c in this_round):
+        if this_round and not any(c.state == CandidateState.COMPLETE for c in this_round):
             first = next(c for c in this_round if c.error)
             raise BackendError(
                 f"backend {self.config.backend.name!r} failed on every candidate of round {r}: "
                 f"candidate {first.number}: {first.error}"
             )
-        self._set_round(r, "evaluated")
+        self.record.set_phase(r, Phase.EVALUATED)
 
     def _run_here(self, r: int) -> None:
         """Trains and evaluates every waiting candidate in this process."""
@@ -423,7 +419,7 @@ class Engine:
             self.timings["backend"] += outcome.seconds
             if not outcome.ok:
                 self.record.audit(
-                    "candidate_failed", round=r, candidate=number, reason=outcome.reason
+                    AuditKind.CANDIDATE_FAILED, round=r, candidate=number, reason=outcome.reason
                 )
                 self.progress("candidate_failed", {"candidate": number, "reason": outcome.reason})
                 continue
@@ -438,54 +434,40 @@ class Engine:
         released is failed with the reason and re-proposed; a candidate a worker stored FAIL gets
         its ``candidate_failed`` audit entry here, since only the coordinator writes the audit.
         """
-        from optuna.trial import TrialState
-
-        from searchlab.store import PREFIX
-
         t0 = time.perf_counter()
         audited = {
             e["candidate"]
             for e in self.record.audit_log()
-            if e["kind"] in ("candidate_failed", "candidate_replaced")
+            if e["kind"] in (AuditKind.CANDIDATE_FAILED, AuditKind.CANDIDATE_REPLACED)
         }
         seen: set[int] = set()
         while True:
             self._check_interrupt()  # a signal, or the study lease lost while waiting
-            trials = [
-                t
-                for t in self.record.study.get_trials(deepcopy=False)
-                if t.user_attrs.get(f"{PREFIX}round") == r
-            ]
             now = time.time()
             busy = False
-            for t in trials:
-                if t.state == TrialState.COMPLETE and t.number not in seen:
-                    seen.add(t.number)
-                    self.progress("candidate_done", {"round": r, "candidate": t.number})
-                elif t.state == TrialState.FAIL and t.number not in audited:
-                    audited.add(t.number)
-                    reason = t.user_attrs.get(f"{PREFIX}error") or "failed"
+            for c in self.record.candidates():
+                if c.round != r:
+                    continue
+                if c.state == CandidateState.COMPLETE and c.number not in seen:
+                    seen.add(c.number)
+                    self.progress("candidate_done", {"round": r, "candidate": c.number})
+                elif c.state == CandidateState.FAIL and c.number not in audited:
+                    audited.add(c.number)
+                    reason = c.error or "failed"
                     self.record.audit(
-                        "candidate_failed", round=r, candidate=t.number, reason=reason
+                        AuditKind.CANDIDATE_FAILED, round=r, candidate=c.number, reason=reason
                     )
-                    self.progress("candidate_failed", {"candidate": t.number, "reason": reason})
-                elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+                    self.progress("candidate_failed", {"candidate": c.number, "reason": reason})
+                elif c.state in (CandidateState.WAITING, CandidateState.RUNNING):
                     busy = True
-                if t.state != TrialState.RUNNING:
+                reason = c.lease_lost(now, self.lease_s)
+                if reason is None:
                     continue
-                released = t.user_attrs.get(f"{PREFIX}released")
-                beat = t.user_attrs.get(f"{PREFIX}heartbeat")
-                if beat is None and t.datetime_start is not None:
-                    beat = t.datetime_start.timestamp()  # Optuna stores naive local time
-                silent = now - float(beat) if beat is not None else 0.0
-                if released is None and silent <= self.lease_s:
-                    continue
-                reason = released or f"worker lost: no heartbeat for {silent:.0f} s"
                 try:
-                    self._replace(self._candidate(t.number), reason)
+                    self._replace(c, reason)
                 except CandidateFinishedError:
                     continue  # its worker finished it a moment ago: nothing to replace
-                audited.add(t.number)
+                audited.add(c.number)
             if not busy:
                 break
             time.sleep(self.poll_s)
@@ -495,8 +477,8 @@ class Engine:
 
     def _fit(self) -> _Models:
         """Fits every domain's surrogate on the completed candidates and the external scores."""
-        done = [c for c in self.record.candidates() if c.state == "COMPLETE"]
-        ext = {n: s for n, s in self.externals().items() if s.get("state") == "done"}
+        done = [c for c in self.record.candidates() if c.state == CandidateState.COMPLETE]
+        ext = {n: s for n, s in self.externals().items() if s.get("state") == SubmissionState.DONE}
         key = (tuple(c.number for c in done), tuple(sorted(ext)))
         if self._models is not None and self._models_key == key:
             return self._models  # nothing new since the last fit
@@ -516,7 +498,10 @@ class Engine:
             if s.fit_status not in ("converged", "stopped"):
                 # Recorded, not fatal: the model keeps the hyperparameters it has.
                 self.record.audit(
-                    "fit_warning", round=max(c.round for c in done), domain=d, status=s.fit_status
+                    AuditKind.FIT_WARNING,
+                    round=max(c.round for c in done),
+                    domain=d,
+                    status=s.fit_status,
                 )
         self.timings["fit"] += time.perf_counter() - t0
         self._models = _Models(numbers=[c.number for c in done], x=x, predictions=predictions)
@@ -527,7 +512,11 @@ class Engine:
         """Per domain, the dev-only GP's posterior mean at ``models.numbers`` (fitted once per
         set of completed candidates; no external score enters it)."""
         if models.test_dev is None:
-            dev = {c.number: c.dev for c in self.record.candidates() if c.state == "COMPLETE"}
+            dev = {
+                c.number: c.dev
+                for c in self.record.candidates()
+                if c.state == CandidateState.COMPLETE
+            }
             t0 = time.perf_counter()
             out = []
             for s, d in zip(self.dev_models, self.domains, strict=True):
@@ -542,7 +531,7 @@ class Engine:
 
     def _submit(self, r: int) -> None:
         models = self._fit()
-        if r == self.config.policy.warmup_rounds - 1 and not self.record.get("validity.warmup_dev"):
+        if r == self.config.policy.warmup_rounds - 1 and not self.record.warmup_dev:
             self._fix_knots(models)
         externals = self.externals()
         left = self.config.external.total - len(externals)
@@ -582,7 +571,7 @@ class Engine:
         for choice in choices:
             self._check_interrupt()
             self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
-        self._set_round(r, "submitted")
+        self.record.set_phase(r, Phase.SUBMITTED)
 
     def _record_probe(
         self,
@@ -609,7 +598,7 @@ class Engine:
         intent = {
             "round": r,
             "submission": submission,
-            "state": "pending",
+            "state": SubmissionState.PENDING,
             "reason": reason,
             # The pair's dev for the validity test, fixed as it enters (dev-only model).
             "test_dev": {
@@ -618,7 +607,7 @@ class Engine:
         }
         # The intent is stored (and counted) before the back end is called: a crash in between
         # leaves a pending submission that resume never sends again.
-        self.record.put(f"external.{number}", intent)
+        self.record.put_submission(number, intent)
         artefact = self._candidate(number).artefact or {}
         try:
             raw = self.backend.submit_external(artefact, submission=submission)
@@ -626,15 +615,21 @@ class Engine:
         except Exception as exc:
             error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
             with self._latch.deferred():
-                self.record.put(f"external.{number}", {**intent, "state": "failed", "error": error})
-                self.record.audit("submission_failed", round=r, candidate=number, error=error)
+                self.record.put_submission(
+                    number, {**intent, "state": SubmissionState.FAILED, "error": error}
+                )
+                self.record.audit(
+                    AuditKind.SUBMISSION_FAILED, round=r, candidate=number, error=error
+                )
             return
         # The answer, its audit entry and the validity test on it belong together: a signal
         # waits for the end of this section.
         with self._latch.deferred():
-            self.record.put(f"external.{number}", {**intent, "state": "done", "scores": scores})
+            self.record.put_submission(
+                number, {**intent, "state": SubmissionState.DONE, "scores": scores}
+            )
             self.record.audit(
-                "submission",
+                AuditKind.SUBMISSION,
                 round=r,
                 candidate=number,
                 submission=submission,
@@ -654,9 +649,9 @@ class Engine:
         warm = {d: t.tolist() for d, t in zip(self.domains, self._test_dev(models), strict=True)}
         for d in self.domains:
             self.tests[d].fix_knots(np.asarray(warm[d]))
-        self.record.put("validity.warmup_dev", warm)
+        self.record.put_warmup_dev(warm)
         self.record.audit(
-            "knots_fixed",
+            AuditKind.KNOTS_FIXED,
             round=self.config.policy.warmup_rounds - 1,
             knots={d: list(self.tests[d].knots or ()) for d in self.domains},
         )
@@ -665,7 +660,7 @@ class Engine:
         """Runs every domain's test on its (de-noised dev, external) pairs so far."""
         if any(self.tests[d].knots is None for d in self.domains):
             return
-        done = {n: s for n, s in self.externals().items() if s.get("state") == "done"}
+        done = {n: s for n, s in self.externals().items() if s.get("state") == SubmissionState.DONE}
         order = sorted(
             (n for n in done if n in models.numbers), key=lambda n: done[n]["submission"]
         )
@@ -690,7 +685,7 @@ class Engine:
                 # The dev-only baseline: the test is run and recorded, the mode never changes.
                 self.monitors[d] = monitor = DomainMonitor.from_dict(snapshot)
                 self.record.audit(
-                    "alarm_ignored",
+                    AuditKind.ALARM_IGNORED,
                     round=r,
                     domain=d,
                     candidate=number,
@@ -698,10 +693,10 @@ class Engine:
                     note="policy.switch is false",
                 )
                 event = None
-            self.record.put(f"monitor.{d}", monitor.to_dict())
+            self.record.put_monitor_state(d, monitor.to_dict())
             if event is not None:
                 self.record.audit(
-                    "mode_switch",
+                    AuditKind.MODE_SWITCH,
                     round=r,
                     domain=d,
                     candidate=number,
@@ -712,7 +707,7 @@ class Engine:
                 )
                 self.progress("mode_switch", {"domain": d, "candidate": number, "to": monitor.mode})
         # One record per check: every domain's statistic against its threshold.
-        self.record.audit("validity_check", round=r, candidate=number, domains=checks)
+        self.record.audit(AuditKind.VALIDITY_CHECK, round=r, candidate=number, domains=checks)
 
     # -- end of round -----------------------------------------------------------------------
 
@@ -720,7 +715,9 @@ class Engine:
         result = self._recommend(final=False)
         summary = {
             "round": r,
-            "candidates": sum(1 for c in self.record.candidates() if c.state == "COMPLETE"),
+            "candidates": sum(
+                1 for c in self.record.candidates() if c.state == CandidateState.COMPLETE
+            ),
             "best_dev": result.get("best_dev"),
             "modelled_external": result["recommendation"]["modelled_external"],
             "modes": dict(zip(self.domains, self.modes, strict=True)),
@@ -728,21 +725,17 @@ class Engine:
             "budget_left": self.config.external.total - self.budget_used(),
         }
         with self._latch.deferred():  # a round marked done always has its audit entry
-            self._set_round(r, "done")
-            self.record.audit("round_done", **summary)
-        # optuna-dashboard figures and note; a failure is recorded, never fatal to the study.
-        from searchlab.dashboard import publish_after_round
-
-        problem = publish_after_round(self.record)
-        if problem is not None:
-            self.record.audit("dashboard_publish_failed", round=r, error=problem)
+            self.record.set_phase(r, Phase.DONE)
+            self.record.audit(AuditKind.ROUND_DONE, **summary)
+        for subscriber in self.after_round:  # the dashboard's publisher, say (wired by the CLI)
+            subscriber(self.record, r)
         return summary
 
     def _recommend(self, *, final: bool) -> dict[str, Any]:
         models = self._fit()
-        done = {c.number: c for c in self.record.candidates() if c.state == "COMPLETE"}
+        done = {c.number: c for c in self.record.candidates() if c.state == CandidateState.COMPLETE}
         mean, sd, basis = self._modelled_external(models)
-        ext = {n: e for n, e in self.externals().items() if e.get("state") == "done"}
+        ext = {n: e for n, e in self.externals().items() if e.get("state") == SubmissionState.DONE}
         paired = [n for n in ext if n in done]
         flags = implausible_domains(
             [p["ext_mean"] for p in models.predictions],
@@ -779,9 +772,11 @@ class Engine:
             rec.update(truth(done[number]))
             best.update(truth(done[best_dev]))
         result = {"recommendation": rec, "best_dev_candidate": best, "best_dev": mean_dev[best_dev]}
-        self.record.put("recommendation", result)
+        self.record.put_recommendation(result)
         if final:
-            self.record.audit("recommendation", round=self.config.rounds.count - 1, **result)
+            self.record.audit(
+                AuditKind.RECOMMENDATION, round=self.config.rounds.count - 1, **result
+            )
         return result
 
     def _modelled_external(
@@ -818,73 +813,4 @@ class Engine:
         return truth
 
 
-def alarms(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every switch to decoupled mode in an audit log: which domain, after which submission."""
-    return [
-        {"domain": e["domain"], "candidate": e["candidate"], "round": e["round"]}
-        for e in log
-        if e["kind"] == "mode_switch" and e.get("to_mode") == DECOUPLED
-    ]
-
-
-def status(record: StudyRecord) -> dict[str, Any]:
-    """The study's state as one JSON-safe object (the ``status --json`` contract)."""
-    config = StudyConfig.model_validate(record.config_data)
-    rounds = [v for _, v in sorted(record.items("round").items())]
-    externals = record.items("external")
-    candidates = record.candidates()
-    log = record.audit_log()
-    last_check = next((e["domains"] for e in reversed(log) if e["kind"] == "validity_check"), {})
-    domains: dict[str, Any] = {}
-    for d in config.domain_names:
-        m = record.get(f"monitor.{d}") or {}
-        check = last_check.get(d, {})
-        domains[d] = {
-            "mode": m.get("mode", PROXY),
-            "statistic": check.get("statistic"),
-            "threshold": check.get(
-                "threshold", config.policy.threshold or len(config.domains) / config.policy.alpha
-            ),
-            "pairs": check.get("n_pairs", 0),
-            # The evidence of the last check: rates above (with its pointwise interval) and
-            # below the dominant knot, their ratio against kappa (absent in older studies).
-            "rate_above": check.get("slope_high"),
-            "rate_above_ci95": check.get("slope_high_ci95"),
-            "rate_below": check.get("slope_low"),
-            "rate_ratio": check.get("rate_ratio"),
-            "tracking": check.get("tracking"),
-            "knot": check.get("knot"),
-        }
-    used = len(externals)
-    rec = record.get("recommendation") or {}
-    out: dict[str, Any] = {
-        "name": record.name,
-        "finished": bool(record.get("finished", False)),
-        "rounds_done": sum(1 for s in rounds if s.get("phase") == "done"),
-        "rounds_total": config.rounds.count,
-        "candidates": sum(1 for c in candidates if c.state == "COMPLETE"),
-        "failed_candidates": sum(1 for c in candidates if c.state == "FAIL"),
-        "external_budget": {
-            "used": used,
-            "left": config.external.total - used,
-            "total": config.external.total,
-        },
-        "domains": domains,
-        "alarms": alarms(log),
-        "recommendation": rec.get("recommendation"),
-        "best_dev_candidate": rec.get("best_dev_candidate"),
-    }
-    return _finite(out)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-__all__ = ["Engine", "SearchlabError", "alarms", "status"]
+__all__ = ["Engine", "SearchlabError"]

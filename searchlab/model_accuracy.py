@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from searchlab.readmodel import StudyView, read
+from searchlab.store import Mode
 from searchlab.surrogate import SurrogateForm
 
 __all__ = ["surrogate_accuracy"]
@@ -32,33 +34,31 @@ __all__ = ["surrogate_accuracy"]
 _Z90 = 1.6448536269514722
 
 
-def _first_alarms(log: list[dict[str, Any]]) -> dict[str, int]:
+def _first_alarms(view: StudyView) -> dict[str, int]:
     """Per domain, the candidate whose submission first made it alarm (switched or ignored)."""
-    from searchlab.analysis import _study_events
-
-    return {
-        d: next(e["candidate"] for e in events if e["to_mode"] == "decoupled")
-        for d, events in _study_events(log, order=[]).items()
-        if any(e["to_mode"] == "decoupled" for e in events)
-    }
+    first: dict[str, int] = {}
+    for e in view.events:
+        if e["to_mode"] == Mode.DECOUPLED:
+            first.setdefault(e["domain"], e["candidate"])
+    return first
 
 
 def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, Any]]:
     from searchlab.backends import backend_for
-    from searchlab.config import StudyConfig
     from searchlab.space import SearchSpace
     from searchlab.surrogate import DomainSurrogate
 
-    config = StudyConfig.model_validate(record.config_data)
+    view = read(record)
+    config = view.config
     backend = backend_for(config)
     weak = [d for d in backend.surface.config.weak_domains if d in config.domain_names]
     space = SearchSpace(config.space)
-    done = [c for c in record.candidates() if c.state == "COMPLETE"]
+    done = list(view.complete.values())
     truth = {
         c.number: backend.true_external({"recipe": c.recipe, "candidate": c.number}) for c in done
     }
-    externals = {int(k): v for k, v in record.items("external").items() if v.get("state") == "done"}
-    alarmed_at = _first_alarms(record.audit_log())
+    externals = {s["candidate"]: s for s in view.pairs}
+    alarmed_at = _first_alarms(view)
     rows = []
     models = {
         (form, d): DomainSurrogate(
@@ -137,7 +137,7 @@ def surrogate_accuracy(
     rows: list[dict[str, Any]] = []
     for name in names or storage.names():
         record = storage.load(name)
-        if (record.config_data.get("backend") or {}).get("name") != "simulated":
+        if record.config_data["backend"]["name"] != "simulated":
             if progress is not None:
                 progress(f"{name}: skipped (not on the simulated back end: no truth)")
             continue

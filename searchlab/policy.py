@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from searchlab.acquisition import DECOUPLED
+from searchlab.store import Mode
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,11 @@ def rank_for_submission(
         return []
     score = np.zeros(len(numbers))
     for p, w, mode in zip(predictions, weights, modes, strict=True):
-        if mode == DECOUPLED and not np.isnan(p["ext_mean"]).any():
+        if mode == Mode.DECOUPLED and not np.isnan(p["ext_mean"]).any():
             score += w * (p["ext_mean"] + beta * p["ext_sd"])
         else:
             score += w * p["dev_mean"]
-    decoupled = [m == DECOUPLED for m in modes]
+    decoupled = [m == Mode.DECOUPLED for m in modes]
     reason = (
         "confirm the best by modelled dev"
         if not any(decoupled)

@@ -21,17 +21,12 @@ import html
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from searchlab.analysis import (
-    DECOUPLED,
-    check_output_dir,
-    open_output,
-    refuse_symlinks,
-    tables,
-)
+from searchlab.export import check_output_dir, open_output, refuse_symlinks
+from searchlab.readmodel import StudyView, read
+from searchlab.store import AuditKind, Mode
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,64 +44,9 @@ FIGURES = {
 _DEV, _EXT, _SWITCH, _BACK = "#4C72B0", "#DD8452", "#C44E52", "#55A868"
 
 
-@dataclass
-class StudyView:
-    """Everything the figures, the note and the report show, read once from storage."""
-
-    name: str
-    domains: list[str]
-    tables: dict[str, pd.DataFrame]
-    log: list[dict[str, Any]]
-    switches: list[dict[str, Any]]  # mode_switch records: domain, candidate, pair, round, to
-    rounds_total: int
-    rounds_done: int
-    finished: bool
-    budget_total: int
-    alpha: float | None
-    recommendation: dict[str, Any] = field(default_factory=dict)
-    modes: dict[str, str] = field(default_factory=dict)  # current mode per domain
-
-
 def view(record: StudyRecord) -> StudyView:
-    """Reads what the figures need from a stored study (a fresh read of its attributes)."""
-    record.refresh()
-    t = tables(record)
-    config = record.config_data
-    domains = [d["name"] for d in config.get("domains", [])]
-    log = record.audit_log()
-    subs = t["submissions"]
-    order = [int(c) for c, s in zip(subs["candidate"], subs["state"], strict=True) if s == "done"]
-    switches = []
-    for e in log:
-        if e.get("kind") != "mode_switch":
-            continue
-        cand = e.get("candidate")
-        switches.append(
-            {
-                "domain": e.get("domain"),
-                "candidate": cand,
-                "pair": order.index(cand) + 1 if cand in order else None,
-                "round": e.get("round"),
-                "to": e.get("to_mode"),
-                "statistic": (e.get("evidence") or {}).get("statistic"),
-                "threshold": (e.get("evidence") or {}).get("threshold"),
-            }
-        )
-    rounds = record.items("round")
-    return StudyView(
-        name=record.name,
-        domains=domains,
-        tables=t,
-        log=log,
-        switches=switches,
-        rounds_total=int((config.get("rounds") or {}).get("count", 0)),
-        rounds_done=sum(1 for v in rounds.values() if v.get("phase") == "done"),
-        finished=bool(record.get("finished", False)),
-        budget_total=int((config.get("external") or {}).get("total", 0)),
-        alpha=(config.get("policy") or {}).get("alpha"),
-        recommendation=record.get("recommendation") or {},
-        modes={d: (record.get(f"monitor.{d}") or {}).get("mode", "proxy") for d in domains},
-    )
+    """Reads what the figures, the note and the report show (one fresh read of the study)."""
+    return read(record)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -150,7 +90,7 @@ def _stat(v: Any) -> float | None:
 
 
 def _switch_label(s: dict[str, Any]) -> str:
-    return f"{s['domain']} -> {s['to']} after candidate {s['candidate']}"
+    return f"{s['domain']} -> {s['to_mode']} after candidate {s['candidate']}"
 
 
 def _checks(v: StudyView, domain: str) -> pd.DataFrame:
@@ -217,7 +157,7 @@ def _fig_dev_external(v: StudyView) -> Any:
         for s in v.switches:
             if s["domain"] != d or s["candidate"] is None:
                 continue
-            color = _SWITCH if s["to"] == DECOUPLED else _BACK
+            color = _SWITCH if s["to_mode"] == Mode.DECOUPLED else _BACK
             fig.add_vline(
                 x=s["candidate"], line={"color": color, "dash": "dash", "width": 2}, row=i, col=1
             )
@@ -225,7 +165,7 @@ def _fig_dev_external(v: StudyView) -> Any:
                 x=s["candidate"],
                 y=1,
                 yref=f"y{'' if i == 1 else i} domain",
-                text=f"-> {s['to']}",
+                text=f"-> {s['to_mode']}",
                 showarrow=False,
                 xanchor="left",
                 yanchor="top",
@@ -294,7 +234,7 @@ def _fig_validity(v: StudyView) -> Any:
                     x=[s["pair"] for s in sw],
                     y=[_stat(s["statistic"]) for s in sw],
                     mode="markers+text",
-                    text=[f"-> {s['to']} (cand. {s['candidate']})" for s in sw],
+                    text=[f"-> {s['to_mode']} (cand. {s['candidate']})" for s in sw],
                     textposition="top left",
                     name="switch",
                     legendgroup="switch",
@@ -324,7 +264,7 @@ def _mode_matrix(v: StudyView) -> tuple[list[int], list[list[float | None]]]:
     """
     at_end: dict[int, dict[str, str]] = {}
     for e in v.log:
-        if e.get("kind") == "round_done" and e.get("round") is not None:
+        if e.get("kind") == AuditKind.ROUND_DONE and e.get("round") is not None:
             at_end[int(e["round"])] = dict(e.get("modes") or {})
     c = v.tables["candidates"]
     for r, n in zip(_series(c, "round"), range(len(c)), strict=False):
@@ -336,7 +276,7 @@ def _mode_matrix(v: StudyView) -> tuple[list[int], list[list[float | None]]]:
     z = []
     for d in v.domains:
         modes = [at_end[r].get(d) for r in rounds]
-        z.append([None if _missing(m) else (1.0 if m == DECOUPLED else 0.0) for m in modes])
+        z.append([None if _missing(m) else (1.0 if m == Mode.DECOUPLED else 0.0) for m in modes])
     return [r + 1 for r in rounds], z
 
 
@@ -344,7 +284,9 @@ def _fig_modes(v: StudyView) -> Any:
     import plotly.graph_objects as go
 
     numbers, z = _mode_matrix(v)
-    text = [["n/a" if m is None else (DECOUPLED if m else "proxy") for m in row] for row in z]
+    text = [
+        ["n/a" if m is None else (Mode.DECOUPLED if m else Mode.PROXY) for m in row] for row in z
+    ]
     fig = go.Figure(
         go.Heatmap(
             x=numbers,
@@ -354,7 +296,7 @@ def _fig_modes(v: StudyView) -> Any:
             zmin=0,
             zmax=1,
             colorscale=[[0, "#DDE6F3"], [0.5, "#DDE6F3"], [0.5, _SWITCH], [1, _SWITCH]],
-            colorbar={"tickvals": [0.25, 0.75], "ticktext": ["proxy", DECOUPLED]},
+            colorbar={"tickvals": [0.25, 0.75], "ticktext": [Mode.PROXY, Mode.DECOUPLED]},
             xgap=1,
             ygap=2,
             hovertemplate="end of round %{x}<br>%{y}: %{text}<extra></extra>",
@@ -437,11 +379,11 @@ def _pngs(v: StudyView, out: Path) -> list[Path]:
         )
         for s in v.switches:
             if s["domain"] == d and s["candidate"] is not None:
-                color = _SWITCH if s["to"] == DECOUPLED else _BACK
+                color = _SWITCH if s["to_mode"] == Mode.DECOUPLED else _BACK
                 ax.axvline(s["candidate"], color=color, ls="--", lw=2)
                 right = s["candidate"] > 0.6 * max(_series(c, "number") or [0])
                 ax.annotate(
-                    f" -> {s['to']} (after cand. {s['candidate']}) ",
+                    f" -> {s['to_mode']} (after cand. {s['candidate']}) ",
                     (s["candidate"], 0.95),
                     xycoords=("data", "axes fraction"),
                     color=color,
@@ -469,7 +411,7 @@ def _pngs(v: StudyView, out: Path) -> list[Path]:
                 y = _stat(s["statistic"]) or 1.0
                 ax.plot([s["pair"]], [y], "*", c=_SWITCH, ms=16)
                 ax.annotate(
-                    f"-> {s['to']} (cand. {s['candidate']})  ",
+                    f"-> {s['to_mode']} (cand. {s['candidate']})  ",
                     (s["pair"], y),
                     color=_SWITCH,
                     ha="right",
@@ -553,9 +495,9 @@ def _domain_rows(v: StudyView) -> list[dict[str, str]]:
         rows.append(
             {
                 "domain": d,
-                "mode now": v.modes.get(d, "proxy"),
+                "mode now": v.modes.get(d, Mode.PROXY),
                 "switches": "; ".join(
-                    f"-> {s['to']} after candidate {s['candidate']} (round "
+                    f"-> {s['to_mode']} after candidate {s['candidate']} (round "
                     f"{(s['round'] or 0) + 1}, pair {s['pair']}, E {_fmt(s['statistic'])} >= "
                     f"{_fmt(s['threshold'])})"
                     for s in sw
@@ -629,7 +571,9 @@ def note_markdown(v: StudyView, *, max_entries: int = 40) -> str:
         [list(r.values()) for r in _domain_rows(v)],
     )
     lines += ["", "### Recommendation", "", "\n\n".join(_rec_lines(v)), "", "### Decisions", ""]
-    key = [e for e in v.log if e.get("kind") not in ("validity_check", "round_done")]
+    key = [
+        e for e in v.log if e.get("kind") not in (AuditKind.VALIDITY_CHECK, AuditKind.ROUND_DONE)
+    ]
     shown = key[-max_entries:]
     if len(key) > len(shown):
         lines.append(f"(the last {len(shown)} of {len(key)}; `searchlab study audit` lists all)")
@@ -658,7 +602,7 @@ def _candidate_rows(v: StudyView) -> tuple[list[str], list[list[Any]]]:
     header += ["decoupled at proposal"]
     rows = []
     for _, r in c.iterrows():
-        decoupled = [d for d in v.domains if r.get(f"mode.{d}") == DECOUPLED]
+        decoupled = [d for d in v.domains if r.get(f"mode.{d}") == Mode.DECOUPLED]
         rows.append(
             [r["number"], r["round"] + 1, r["state"], _fmt(_num(r.get("mean_dev")))]
             + [_fmt(_num(r.get(f"dev.{d}"))) for d in v.domains]

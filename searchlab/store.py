@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from searchlab.errors import CandidateFinishedError, StorageError, StudyHeldError, StudyStateError
@@ -247,6 +248,10 @@ def _sqlite_path(url: str) -> str | None:
     return None if path in ("", ":memory:") or "mode=memory" in url else path
 
 
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _jsonable(value: Any) -> Any:
     """Replaces non-finite floats by None, recursively: JSON has no NaN."""
     if isinstance(value, float):
@@ -273,13 +278,74 @@ def _unfinished(number: int) -> Iterator[None]:
         raise CandidateFinishedError(f"candidate {number} is already finished: {exc}") from None
 
 
+class Mode(StrEnum):
+    """A domain's acquisition mode: dev stands in for external, or no longer does."""
+
+    PROXY = "proxy"  # maximise modelled external, which the dev data inform
+    DECOUPLED = "decoupled"  # modelled external, less a penalty on dev gains
+
+
+class Phase(StrEnum):
+    """The phases of a round, in order: the round record says which one it reached."""
+
+    PROPOSED = "proposed"
+    EVALUATED = "evaluated"
+    SUBMITTED = "submitted"
+    DONE = "done"
+
+    def reached(self, state: Mapping[str, Any] | None) -> bool:
+        """Whether a stored round state (``{"phase": ...}``, or None) reached this phase."""
+        order = list(Phase)
+        return state is not None and order.index(Phase(state["phase"])) >= order.index(self)
+
+
+class CandidateState(StrEnum):
+    """A candidate's state: its Optuna trial's."""
+
+    WAITING = "WAITING"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAIL = "FAIL"
+
+
+class SubmissionState(StrEnum):
+    """One external submission's state (see the module docstring)."""
+
+    PENDING = "pending"  # the intent is stored, the back end not yet answered
+    DONE = "done"
+    FAILED = "failed"  # the back end raised; counted against the budget
+    LOST = "lost"  # sent before a crash and not recoverable; counted, never re-sent
+
+
+class AuditKind(StrEnum):
+    """The kinds of decision records (``searchlab.audit.<seq>``)."""
+
+    PROPOSAL = "proposal"
+    CANDIDATE_FAILED = "candidate_failed"
+    CANDIDATE_REPLACED = "candidate_replaced"
+    FIT_WARNING = "fit_warning"
+    KNOTS_FIXED = "knots_fixed"
+    SUBMISSION = "submission"
+    SUBMISSION_FAILED = "submission_failed"
+    SUBMISSION_RECOVERED = "submission_recovered"
+    SUBMISSION_LOST = "submission_lost"
+    VALIDITY_CHECK = "validity_check"
+    MODE_SWITCH = "mode_switch"
+    ALARM_IGNORED = "alarm_ignored"
+    ROUND_DONE = "round_done"
+    RECOMMENDATION = "recommendation"
+    DASHBOARD_PUBLISH_FAILED = "dashboard_publish_failed"
+    LEASE_TAKEOVER = "lease_takeover"
+    INCOMPLETE_STUDY_REPLACED = "incomplete_study_replaced"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One candidate as stored: the trial plus what searchlab attached to it."""
 
     number: int
     round: int
-    state: str  # WAITING | RUNNING | COMPLETE | FAIL
+    state: CandidateState
     recipe: dict[str, Any]
     dev: dict[str, float]  # per-domain dev accuracy (COMPLETE only)
     dev_n: dict[str, int | None]
@@ -287,6 +353,25 @@ class Candidate:
     error: str | None
     proposal: dict[str, Any]
     reproposed: bool = False  # failed by the engine to propose its recipe again
+    # External workers: Unix time of the last heartbeat, the trial's start, and the reason
+    # its worker gave it back (SIGINT), if it did.
+    heartbeat: float | None = None
+    started_at: float | None = None
+    released: str | None = None
+
+    def lease_lost(self, now: float, lease_s: float) -> str | None:
+        """Why a RUNNING candidate is to be taken from its worker, or None while it is alive.
+
+        It is when its worker released it, or when neither a heartbeat nor its start is more
+        recent than ``lease_s`` seconds before ``now``.
+        """
+        if self.state != CandidateState.RUNNING:
+            return None
+        if self.released is not None:
+            return self.released
+        beat = self.heartbeat if self.heartbeat is not None else self.started_at
+        silent = now - beat if beat is not None else 0.0
+        return f"worker lost: no heartbeat for {silent:.0f} s" if silent > lease_s else None
 
 
 class Storage:
@@ -418,7 +503,7 @@ class Storage:
             )
         record = StudyRecord(self, study)
         if replaced:
-            record.audit("incomplete_study_replaced", round=None, note=replaced)
+            record.audit(AuditKind.INCOMPLETE_STUDY_REPLACED, round=None, note=replaced)
         return record
 
     def _remove_incomplete(self, name: str) -> str | None:
@@ -577,9 +662,20 @@ class StudyRecord:
         self._audit_seq: int | None = None
 
     # -- study attributes -------------------------------------------------------------------
+    #
+    # The keys under ``searchlab.``: ``config``, ``schema``, ``round.<r:04d>`` (the round's
+    # phase), ``external.<candidate>`` (a submission), ``monitor.<domain>`` (a domain's mode
+    # and test state), ``validity.warmup_dev`` (the warm-up dev the knots were fixed from),
+    # ``recommendation``, ``finished`` and ``audit.<seq:06d>``. Only this class names them.
+
+    @property
+    def url(self) -> str:
+        """The storage URL (as typed: pass it through :func:`redact` before showing it)."""
+        return self._store.url
 
     @property
     def attrs(self) -> dict[str, Any]:
+        """Every study user attribute, as stored (for copying a study whole)."""
         if self._attrs is None:
             self._attrs = _retrying(
                 self._store.url, "read study attributes", lambda: dict(self.study.user_attrs)
@@ -591,10 +687,10 @@ class StudyRecord:
         self._attrs = None
         self._audit_seq = None  # counted again from what is stored
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def _get(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(PREFIX + key, default)
 
-    def put(self, key: str, value: Any) -> None:
+    def _put(self, key: str, value: Any) -> None:
         value = _jsonable(value)
         json.dumps(value)  # fail here, not inside the database driver
         _retrying(
@@ -602,14 +698,81 @@ class StudyRecord:
         )
         self.attrs[PREFIX + key] = value
 
-    def items(self, prefix: str) -> dict[str, Any]:
+    def _items(self, prefix: str) -> dict[str, Any]:
         """Attributes under ``prefix.``, keyed by the rest of their name."""
         full = f"{PREFIX}{prefix}."
         return {k[len(full) :]: v for k, v in self.attrs.items() if k.startswith(full)}
 
+    @contextmanager
+    def storage_errors(self, action: str) -> Iterator[None]:
+        """Driver errors inside the block become one-line :class:`StorageError` messages
+        (for writes another library makes on :attr:`study`, optuna-dashboard's, say)."""
+        with _storage_errors(self._store.url, action):
+            yield
+
     @property
     def config_data(self) -> dict[str, Any]:
-        return self.get("config")
+        """The study file as validated and stored at create (a JSON object)."""
+        return self._get("config")
+
+    @property
+    def schema_version(self) -> int | None:
+        return self._get("schema")
+
+    def round_state(self, r: int) -> dict[str, Any] | None:
+        """Round ``r``'s stored state (``{"phase": ...}``), None before it was proposed."""
+        return self._get(f"round.{r:04d}")
+
+    def round_states(self) -> list[dict[str, Any]]:
+        """Every stored round state, in round order."""
+        return [v for _, v in sorted(self._items("round").items())]
+
+    def set_phase(self, r: int, phase: Phase) -> None:
+        self._put(f"round.{r:04d}", {**(self.round_state(r) or {}), "phase": Phase(phase)})
+
+    def submissions(self) -> dict[int, dict[str, Any]]:
+        """External submissions (in every state) by candidate number."""
+        return {int(k): v for k, v in self._items("external").items()}
+
+    def put_submission(self, number: int, entry: Mapping[str, Any]) -> None:
+        """Stores candidate ``number``'s submission (its intent first, then its outcome)."""
+        self._put(f"external.{number}", dict(entry))
+
+    def monitor_state(self, domain: str) -> dict[str, Any] | None:
+        """A domain's stored monitor (:meth:`DomainMonitor.to_dict`), None before its first
+        validity check."""
+        return self._get(f"monitor.{domain}") or None
+
+    def put_monitor_state(self, domain: str, state: Mapping[str, Any]) -> None:
+        self._put(f"monitor.{domain}", dict(state))
+
+    def mode(self, domain: str) -> Mode:
+        """A domain's current mode (proxy until its monitor says otherwise)."""
+        return Mode((self.monitor_state(domain) or {}).get("mode", Mode.PROXY))
+
+    @property
+    def warmup_dev(self) -> dict[str, list[float]] | None:
+        """Per domain, the warm-up candidates' de-noised dev the knots were fixed from."""
+        return self._get("validity.warmup_dev") or None
+
+    def put_warmup_dev(self, warm: Mapping[str, list[float]]) -> None:
+        self._put("validity.warmup_dev", dict(warm))
+
+    @property
+    def recommendation(self) -> dict[str, Any]:
+        """The latest recommendation (``recommendation``, ``best_dev_candidate``, ...); empty
+        before the first round ended."""
+        return dict(self._get("recommendation") or {})
+
+    def put_recommendation(self, result: Mapping[str, Any]) -> None:
+        self._put("recommendation", dict(result))
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._get("finished", False))
+
+    def mark_finished(self) -> None:
+        self._put("finished", True)
 
     def lease(self, **kwargs: Any) -> StudyLease:
         """This study's lease (not yet taken): see :class:`StudyLease`."""
@@ -617,16 +780,16 @@ class StudyRecord:
 
     # -- audit --------------------------------------------------------------------------------
 
-    def audit(self, kind: str, *, round: int | None, **fields: Any) -> None:
+    def audit(self, kind: AuditKind, *, round: int | None, **fields: Any) -> None:
         """Appends one decision record: its kind, round, and the numbers behind it."""
         if self._audit_seq is None:
-            self._audit_seq = len(self.items("audit"))
-        entry = {"seq": self._audit_seq, "kind": kind, "round": round, **fields}
-        self.put(f"audit.{self._audit_seq:06d}", entry)
+            self._audit_seq = len(self._items("audit"))
+        entry = {"seq": self._audit_seq, "kind": AuditKind(kind), "round": round, **fields}
+        self._put(f"audit.{self._audit_seq:06d}", entry)
         self._audit_seq += 1
 
     def audit_log(self) -> list[dict[str, Any]]:
-        return [v for _, v in sorted(self.items("audit").items())]
+        return [v for _, v in sorted(self._items("audit").items())]
 
     # -- candidates ---------------------------------------------------------------------------
 
@@ -646,7 +809,7 @@ class StudyRecord:
                 Candidate(
                     number=t.number,
                     round=int(ua.get(f"{PREFIX}round", -1)),
-                    state=t.state.name,
+                    state=CandidateState(t.state.name),
                     recipe=dict(t.params),
                     dev=dev,
                     dev_n=dict(ua.get(f"{PREFIX}dev_n", {})),
@@ -654,6 +817,10 @@ class StudyRecord:
                     error=ua.get(f"{PREFIX}error"),
                     proposal=dict(ua.get(f"{PREFIX}proposal", {})),
                     reproposed=bool(ua.get(f"{PREFIX}reproposed", False)),
+                    heartbeat=_float_or_none(ua.get(f"{PREFIX}heartbeat")),
+                    # Optuna stores naive local time, which timestamp() reads as local.
+                    started_at=t.datetime_start.timestamp() if t.datetime_start else None,
+                    released=ua.get(f"{PREFIX}released"),
                 )
             )
         return out
@@ -733,16 +900,41 @@ class StudyRecord:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def set_trial_attr(self, number: int, key: str, value: Any) -> None:
-        """Writes a user attribute of an unfinished candidate (a heartbeat, say).
+    def heartbeat(self, number: int) -> None:
+        """Writes the time on a RUNNING candidate: its worker is alive.
+
+        Raises:
+            CandidateFinishedError: If the candidate is already finished (given away).
+        """
+        now = time.time()
+        self._on_trial(
+            number,
+            f"write the heartbeat of candidate {number}",
+            lambda: self._set_trial_user_attr(number, "heartbeat", now),
+        )
+
+    def set_worker(self, number: int, worker: str) -> None:
+        """Writes which worker (``host:pid``) runs a RUNNING candidate.
 
         Raises:
             CandidateFinishedError: If the candidate is already finished.
         """
         self._on_trial(
             number,
-            f"write {key!r} of candidate {number}",
-            lambda: self._set_trial_user_attr(number, key, value),
+            f"write the worker of candidate {number}",
+            lambda: self._set_trial_user_attr(number, "worker", worker),
+        )
+
+    def release(self, number: int, reason: str) -> None:
+        """A worker gives a RUNNING candidate back: the coordinator re-proposes it at once.
+
+        Raises:
+            CandidateFinishedError: If the candidate is already finished.
+        """
+        self._on_trial(
+            number,
+            f"release candidate {number}",
+            lambda: self._set_trial_user_attr(number, "released", reason),
         )
 
     def _on_trial(self, number: int, action: str, fn: Callable[[], _T]) -> _T:

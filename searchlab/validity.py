@@ -156,6 +156,8 @@ from typing import Any
 
 import numpy as np
 
+from searchlab.store import Mode
+
 # scipy is imported where it is used: the study schema (searchlab.config) imports HingeForm from
 # here, and `study validate` should not pay half a second for scipy.stats.
 
@@ -177,7 +179,6 @@ __all__ = [
 MIN_PAIRS = 6
 
 _LOG_MAX = 690.0  # exp(690) ~ 1e300: cap so statistics stay finite floats
-_MODES = ("proxy", "decoupled")
 
 
 class HingeForm(StrEnum):
@@ -657,25 +658,25 @@ class DomainMonitor:
 
     Attributes:
         domain: Domain name.
-        mode: ``"proxy"`` or ``"decoupled"``.
+        mode: The domain's :class:`~searchlab.store.Mode`.
         switched_at_pair: Number of pairs when the mode last switched (``None`` before the
             first switch). The test of the current mode uses the pairs after this point.
         checks_since_switch: Number of checks run since the last switch (or since creation).
         history: One entry per check: ``{"n_pairs", "statistic", "threshold", "mode", "event",
             "test"}`` where ``n_pairs`` counts all pairs, ``mode`` is the mode *after* the check,
-            ``event`` is ``None``, ``"decoupled"`` or ``"proxy"`` and ``test`` is ``"alarm"`` or
+            ``event`` is ``None`` or the mode switched to and ``test`` is ``"alarm"`` or
             ``"return"`` (the test whose statistic is recorded).
     """
 
     domain: str
-    mode: str = "proxy"
+    mode: Mode = Mode.PROXY
     switched_at_pair: int | None = None
     checks_since_switch: int = 0
     history: list[dict] = field(default_factory=list)
 
     def check(
         self, test: ValidityTest, dev: np.ndarray, external: np.ndarray
-    ) -> tuple[ValidityResult, str | None]:
+    ) -> tuple[ValidityResult, Mode | None]:
         """Runs the test relevant to the current mode and switches mode if it fires.
 
         In proxy mode the alarm test (slope above the knot < 0) runs on the pairs since the last
@@ -690,10 +691,10 @@ class DomainMonitor:
                 value are dropped before counting.
 
         Returns:
-            ``(result, event)``: the result of the test that ran and ``None``, ``"decoupled"``
-            (alarm: switched to decoupled) or ``"proxy"`` (returned to proxy).
+            ``(result, event)``: the result of the test that ran and ``None``,
+            ``Mode.DECOUPLED`` (alarm: switched to decoupled) or ``Mode.PROXY`` (returned).
         """
-        if self.mode not in _MODES:
+        if self.mode not in tuple(Mode):
             raise ValueError(f"unknown mode {self.mode!r}")
         dev = np.asarray(dev, dtype=float).ravel()
         external = np.asarray(external, dtype=float).ravel()
@@ -703,17 +704,17 @@ class DomainMonitor:
         dev, external = dev[keep], external[keep]
         n = int(dev.size)
         start = min(self.switched_at_pair or 0, n)
-        test_name = "alarm" if self.mode == "proxy" else "return"
+        test_name = "alarm" if self.mode == Mode.PROXY else "return"
         self.checks_since_switch += 1
-        event: str | None = None
-        if self.mode == "proxy":
+        event: Mode | None = None
+        if self.mode == Mode.PROXY:
             result = test.evaluate(dev[start:], external[start:], direction=-1)
             if result.fired:
-                event = "decoupled"
+                event = Mode.DECOUPLED
         else:
             result = test.evaluate(dev[start:], external[start:], direction=1)
             if result.fired and n - start >= test.settings.min_dwell:
-                event = "proxy"
+                event = Mode.PROXY
         if event is not None:
             self.mode = event
             self.switched_at_pair = n
@@ -753,7 +754,7 @@ class DomainMonitor:
         switched = d.get("switched_at_pair")
         return cls(
             domain=str(d["domain"]),
-            mode=str(d.get("mode", "proxy")),
+            mode=Mode(d.get("mode", Mode.PROXY)),
             switched_at_pair=None if switched is None else int(switched),
             checks_since_switch=int(d.get("checks_since_switch", 0)),
             history=[dict(h) for h in d.get("history", [])],
@@ -923,7 +924,7 @@ def _run_monitor(
     first: int | None = None
     for n in range(warmup, dev.size + 1):
         _, event = monitor.check(test, dev[:n], external[:n])
-        if event == "decoupled":
+        if event == Mode.DECOUPLED:
             first = n if first is None else first
             if n > stop_after:
                 return first, n

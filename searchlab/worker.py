@@ -6,8 +6,8 @@ searchlab's own: the coordinator enqueues each candidate as a WAITING Optuna tri
 worker claims one by moving it to RUNNING under a row lock (:meth:`StudyRecord.start_next`), so
 no two workers ever run the same candidate at once.
 
-While it trains, a worker writes the trial's user attribute ``searchlab.heartbeat`` (Unix time)
-every ``heartbeat_s`` seconds. A worker that dies stops beating; after ``lease_s`` the
+While it trains, a worker writes the candidate's heartbeat (:meth:`StudyRecord.heartbeat`, Unix
+time) every ``heartbeat_s`` seconds. A worker that dies stops beating; after ``lease_s`` the
 coordinator fails the candidate with the reason and proposes its recipe again. If the worker was
 only slow, not dead, its late result is refused by storage (the trial is finished) and discarded.
 Worker clocks should agree with the coordinator's to well within the lease (NTP).
@@ -29,7 +29,7 @@ log = logging.getLogger("searchlab.worker")
 
 
 class _Heartbeat:
-    """Writes ``searchlab.heartbeat`` of one RUNNING candidate from a background thread."""
+    """Writes the heartbeat of one RUNNING candidate from a background thread."""
 
     def __init__(self, record: Any, number: int, every_s: float, worker: str) -> None:
         self.record = record
@@ -50,7 +50,7 @@ class _Heartbeat:
 
     def beat(self) -> None:
         try:
-            self.record.set_trial_attr(self.number, "heartbeat", time.time())
+            self.record.heartbeat(self.number)
         except CandidateFinishedError:
             self.lost = True  # the coordinator gave it away; the final store will say so
             self._stop.set()
@@ -103,7 +103,7 @@ def run_worker(
             ``heartbeat_s`` is not well below ``lease_s``.
     """
     from searchlab.backends import backend_for
-    from searchlab.config import StudyConfig
+    from searchlab.config import stored_config
     from searchlab.execution import run_candidate
     from searchlab.space import SearchSpace
     from searchlab.store import Storage
@@ -115,7 +115,7 @@ def run_worker(
         )
     me = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     record = Storage(url).load(name)
-    config = StudyConfig.model_validate(record.config_data)
+    config = stored_config(record.config_data)
     backend = backend_for(config, trust=trust)
     distributions = SearchSpace(config.space).distributions()
     counts = {"done": 0, "failed": 0, "discarded": 0}
@@ -124,7 +124,7 @@ def run_worker(
         trial = record.start_next(distributions)
         if trial is None:
             record.refresh()
-            if record.get("finished"):
+            if record.finished:
                 log.info("study %s is finished", name)
                 break
             if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
@@ -137,7 +137,7 @@ def run_worker(
         heartbeat = _Heartbeat(record, number, heartbeat_s, me)
         try:
             with heartbeat:
-                record.set_trial_attr(number, "worker", me)
+                record.set_worker(number, me)
                 outcome = run_candidate(record, backend, config, trial, before_store=heartbeat.stop)
         except CandidateFinishedError:
             log.warning(
@@ -147,7 +147,7 @@ def run_worker(
         except KeyboardInterrupt:
             # Hand it back at once rather than after the lease: the coordinator re-proposes it.
             with contextlib.suppress(SearchlabError):
-                record.set_trial_attr(number, "released", f"worker {me} was interrupted (SIGINT)")
+                record.release(number, f"worker {me} was interrupted (SIGINT)")
             raise
         else:
             counts["done" if outcome.ok else "failed"] += 1

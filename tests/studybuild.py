@@ -20,7 +20,7 @@ import optuna
 from searchlab.config import validate_study
 from searchlab.simulation import canonical_space
 from searchlab.space import SearchSpace
-from searchlab.store import Storage, StudyRecord
+from searchlab.store import AuditKind, Phase, Storage, StudyRecord
 from searchlab.validity import DetectorSettings, DomainMonitor, ValidityTest
 
 DOMAINS = ("cipher", "gravity", "equations")
@@ -100,21 +100,23 @@ def build_study(
                 },
             )
             record.study.add_trial(trial)
-        record.audit("proposal", round=r, method=method, count=k, modes=modes)
+        record.audit(AuditKind.PROPOSAL, round=r, method=method, count=k, modes=modes)
         if r == 0:
             warm = {d: denoised[d][numbers].tolist() for d in DOMAINS}
             for d in DOMAINS:
                 tests[d].fix_knots(np.asarray(warm[d]))
-            record.put("validity.warmup_dev", warm)
-            record.audit("knots_fixed", round=0, knots={d: list(tests[d].knots) for d in DOMAINS})
+            record.put_warmup_dev(warm)
+            record.audit(
+                AuditKind.KNOTS_FIXED, round=0, knots={d: list(tests[d].knots) for d in DOMAINS}
+            )
         mean_dev = [np.mean([observed[d][j] for d in DOMAINS]) for j in numbers]
         chosen = [numbers[i] for i in np.argsort(mean_dev)[::-1][: config.external.per_round]]
         for j in chosen:
             if used >= total:
                 break
             scores = {d: float(external[d][j]) for d in DOMAINS}
-            record.put(
-                f"external.{j}",
+            record.put_submission(
+                j,
                 {
                     "round": r,
                     "submission": used,
@@ -125,7 +127,7 @@ def build_study(
             )
             used += 1
             record.audit(
-                "submission",
+                AuditKind.SUBMISSION,
                 round=r,
                 candidate=j,
                 submission=used - 1,
@@ -148,7 +150,7 @@ def build_study(
                     checks[d]["dev"] = revised[d].tolist()
                 if event is not None:
                     record.audit(
-                        "mode_switch",
+                        AuditKind.MODE_SWITCH,
                         round=r,
                         domain=d,
                         candidate=j,
@@ -156,12 +158,12 @@ def build_study(
                         to_mode=monitors[d].mode,
                         evidence=result.to_dict(),
                     )
-            record.audit("validity_check", round=r, candidate=j, domains=checks)
+            record.audit(AuditKind.VALIDITY_CHECK, round=r, candidate=j, domains=checks)
         for d in DOMAINS:
-            record.put(f"monitor.{d}", monitors[d].to_dict())
-        record.put(f"round.{r:04d}", {"phase": "done"})
+            record.put_monitor_state(d, monitors[d].to_dict())
+        record.set_phase(r, Phase.DONE)
         record.audit(
-            "round_done",
+            AuditKind.ROUND_DONE,
             round=r,
             candidates=(r + 1) * k,
             modes={d: monitors[d].mode for d in DOMAINS},
@@ -182,7 +184,7 @@ def build_study(
             "mean_dev": float(np.mean([observed[d][best_dev] for d in DOMAINS])),
         },
     }
-    record.put("recommendation", result)
-    record.audit("recommendation", round=rounds - 1, **result)
-    record.put("finished", True)
+    record.put_recommendation(result)
+    record.audit(AuditKind.RECOMMENDATION, round=rounds - 1, **result)
+    record.mark_finished()
     return record

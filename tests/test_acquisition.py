@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from searchlab.acquisition import DECOUPLED, PROXY, objective_coefficients
+from searchlab.acquisition import objective_coefficients
+from searchlab.store import Mode
 
 
 def _surrogate(two_task: bool) -> SimpleNamespace:
@@ -18,7 +19,7 @@ def test_proxy_domains_climb_dev_and_decoupled_ones_penalise_the_proxy_gap() -> 
     coef = objective_coefficients(
         [_surrogate(True), _surrogate(True), _surrogate(False)],
         [0.5, 0.3, 0.2],
-        [PROXY, DECOUPLED, DECOUPLED],
+        [Mode.PROXY, Mode.DECOUPLED, Mode.DECOUPLED],
         dev_penalty=0.5,
     )
     # [dev, ext] of a proxy domain; [dev, ext] of a decoupled one: ext - 0.5 (dev - ext);

@@ -11,7 +11,8 @@ import pytest
 from conftest import run_cli, sqlite_url
 from studybuild import DOMAINS, WEAK, build_study
 
-from searchlab.analysis import AnalysisError, reanalyze, tables
+from searchlab.analysis import AnalysisError, reanalyze
+from searchlab.readmodel import read
 from searchlab.store import Storage
 
 
@@ -24,7 +25,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_tables_have_the_tidy_columns(stored: str) -> None:
-    t = tables(Storage(stored).load("built"))
+    t = read(Storage(stored).load("built")).tables
     c = t["candidates"]
     assert len(c) == 24 and list(c["number"]) == list(range(24))
     for d in DOMAINS:

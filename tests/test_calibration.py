@@ -57,7 +57,7 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
     cell = result["instances"]["plateau.15c"]["domains"]["equations"]
     recorded = _ignored_alarms(url, "power-corpus-plateau.15c-5").get("equations")
     record = Storage(url).load("power-corpus-plateau.15c-5")
-    before_last = recorded is not None and record.get(f"external.{recorded}")["round"] < 2
+    before_last = recorded is not None and record.submissions()[recorded]["round"] < 2
     assert cell["detected"] == int(before_last)
     assert result["instances"]["plateau.15c"]["studies"] == 1
     # The null studies are not counted as power, nor the alternative ones as false alarms.

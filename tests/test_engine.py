@@ -8,7 +8,8 @@ import pytest
 
 from searchlab.backends import load_backend
 from searchlab.config import load_study_file, validate_study
-from searchlab.engine import Engine, status
+from searchlab.engine import Engine
+from searchlab.readmodel import status
 from searchlab.simulation import canonical_space
 from searchlab.store import Storage
 
@@ -78,7 +79,7 @@ def test_study_runs_and_status_has_the_contract_keys(tmp_path: Path) -> None:
 
 def test_recommendation_is_not_the_raw_dev_argmax_by_construction(tmp_path: Path) -> None:
     engine, _s = _run(tmp_path, _config())
-    rec = engine.record.get("recommendation")
+    rec = engine.record.recommendation
     assert rec["recommendation"]["basis"].startswith("modelled external")
     # Where the model left [0, 1] or the observed range, it says so (and never alone decides).
     flagged = rec["recommendation"]["model_out_of_range"]

@@ -29,7 +29,7 @@ from conftest import slow_study_file
 from searchlab.config import validate_study
 from searchlab.errors import StudyHeldError
 from searchlab.simulation import canonical_space
-from searchlab.store import LEASE_TABLE, Storage, StudyLease
+from searchlab.store import LEASE_TABLE, AuditKind, Storage, StudyLease
 
 
 def _config(name: str = "leased") -> Any:
@@ -181,12 +181,12 @@ def test_of_many_at_once_exactly_one_takes_it(store: Storage) -> None:
 def test_a_record_read_before_the_lease_sees_the_last_holders_writes(store: Storage) -> None:
     early = store.load("leased")
     early.audit_log()  # cached before the lease was taken (cli._run refreshes after taking it)
-    store.load("leased").audit("written_by_the_last_holder", round=None)
+    store.load("leased").audit(AuditKind.PROPOSAL, round=None, by="the last holder")
     early.refresh()
-    early.audit("written_by_the_new_holder", round=None)
-    assert [e["kind"] for e in store.load("leased").audit_log()] == [
-        "written_by_the_last_holder",
-        "written_by_the_new_holder",
+    early.audit(AuditKind.PROPOSAL, round=None, by="the new holder")
+    assert [e["by"] for e in store.load("leased").audit_log()] == [
+        "the last holder",
+        "the new holder",
     ]
 
 

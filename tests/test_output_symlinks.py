@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli, sqlite_url
 from studybuild import build_study
 
-from searchlab.analysis import OutputError, open_output
+from searchlab.export import OutputError, open_output
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links here")
 
@@ -106,7 +106,7 @@ def test_open_output_does_not_follow_a_link_made_after_the_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The link appears between the check and the open: O_NOFOLLOW still refuses it.
-    import searchlab.analysis as analysis
+    import searchlab.export as export
 
     target = _target(tmp_path)
     path = tmp_path / "late"
@@ -117,7 +117,7 @@ def test_open_output_does_not_follow_a_link_made_after_the_check(
         if not path.is_symlink():
             path.symlink_to(target)
 
-    monkeypatch.setattr(analysis, "refuse_symlinks", check_then_link)
+    monkeypatch.setattr(export, "refuse_symlinks", check_then_link)
     with pytest.raises(OutputError):
         open_output(path)
     assert target.read_text(encoding="utf-8") == ORIGINAL

@@ -218,14 +218,14 @@ def test_resume_completes_a_replacement_that_was_cut_short(tmp_path: Path) -> No
     from searchlab.config import validate_study
     from searchlab.engine import Engine
     from searchlab.space import SearchSpace
-    from searchlab.store import Storage
+    from searchlab.store import Phase, Storage
 
     config = validate_study(tiny_study_data(), source="test")
     record = Storage(f"sqlite:///{tmp_path / 's.db'}", create=True).create(config)
     space = SearchSpace(config.space)
     for recipe in space.quasi_random(4, seed=0)[:3]:
         record.enqueue(recipe, round=0, proposal={"method": "sobol"})
-    record.put("round.0000", {"phase": "proposed"})
+    record.set_phase(0, Phase.PROPOSED)
     dists = space.distributions()
     for _ in range(3):
         record.start_next(dists)

@@ -39,7 +39,7 @@ def _config():
 def test_a_study_from_another_schema_gets_a_clear_message(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     record = Storage(url, create=True).create(_config())
-    assert Storage(url).load("schema").get("schema") == 1
+    assert Storage(url).load("schema").schema_version == 1
     record.study.set_user_attr(f"{PREFIX}schema", 99)
     with pytest.raises(StorageError, match=r"schema version 99.*reads version 1"):
         Storage(url).load("schema")
@@ -157,7 +157,7 @@ def test_a_create_killed_half_way_leaves_no_study(tmp_path: Path, tiny_study: Pa
     from searchlab.config import load_study_file
 
     record = Storage(url, create=True).create(load_study_file(str(tiny_study)))
-    assert record.get("schema") == 1 and record.config_data["name"] == "tiny"
+    assert record.schema_version == 1 and record.config_data["name"] == "tiny"
     assert record.study.metric_names == ["dev:cipher", "dev:equations"]
 
 
@@ -178,7 +178,7 @@ def test_an_incomplete_study_is_named_in_one_line_and_create_replaces_it(
     record = Storage(url, create=True).create(_config())
     assert record.config_data["name"] == "schema"
     assert [e["kind"] for e in record.audit_log()] == ["incomplete_study_replaced"]
-    assert Storage(url).load("schema").get("schema") == 1
+    assert Storage(url).load("schema").schema_version == 1
 
 
 def test_a_study_that_is_not_searchlabs_is_never_replaced(tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_a_locked_database_is_waited_for(tmp_path: Path, monkeypatch: pytest.Mon
     held = _hold_lock(db, 2.0, threading.Event())
     t0 = time.monotonic()
     trial = record.start_next(distributions)
-    record.put("after_lock", 1)
+    record.mark_finished()
     assert time.monotonic() - t0 > 1.0
     held.join()
     assert trial is not None and trial.number == 0
@@ -275,9 +275,9 @@ def test_a_signal_never_lands_inside_a_database_call(
 
     monkeypatch.setattr(record.study, "set_user_attr", slow)
     with interrupt.sigint_latch(), pytest.raises(KeyboardInterrupt):
-        record.put("written", 1)
+        record.mark_finished()
     # The write completed before the interrupt was raised, and left no lock behind.
-    assert Storage(sqlite_url(db)).load("schema").get("written") == 1
+    assert Storage(sqlite_url(db)).load("schema").finished
     with sqlite3.connect(db, timeout=0.5) as conn:
         conn.execute("CREATE TABLE probe (x INTEGER)")
 
@@ -285,7 +285,7 @@ def test_a_signal_never_lands_inside_a_database_call(
 def test_a_stored_study_from_before_the_submissions_rule_still_reads(tmp_path: Path) -> None:
     """New files with too few submissions for the test are refused; stored ones still read."""
     from searchlab.config import StudyConfig
-    from searchlab.engine import status
+    from searchlab.readmodel import status
 
     data = _config().model_dump(mode="json")
     data["policy"]["switch"] = True  # two submissions: refused as a new file

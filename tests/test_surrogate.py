@@ -88,7 +88,7 @@ def test_accuracy_replay_scores_both_forms_before_and_after_the_alarm(tmp_path) 
     rows = {(r["form"], r["phase"]): r for r in result["table"]}
     # Held out after round r: the candidates so far that were not submitted by then, from the
     # first round with two external scores (the built study submits 3 a round).
-    externals = record.items("external")
+    externals = record.submissions()
     first_alarm = next(e for e in record.audit_log() if e["kind"] == "mode_switch")["round"]
     held = {
         r: 4 * (r + 1) - sum(1 for e in externals.values() if e["round"] <= r) for r in range(6)
