@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from searchlab.store import Mode
-from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate
+from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate, quiet_numerics
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,7 @@ class Batch:
 def objective_coefficients(
     surrogates: Sequence[DomainSurrogate],
     weights: Sequence[float],
-    modes: Sequence[str],
+    modes: Sequence[Mode],
     dev_penalty: float,
 ) -> np.ndarray:
     """Coefficients of g over the stacked outputs of every domain's model.
@@ -86,7 +86,7 @@ def propose_batch(
     *,
     surrogates: Sequence[DomainSurrogate],
     weights: Sequence[float],
-    modes: Sequence[str],
+    modes: Sequence[Mode],
     dev_penalty: float,
     x_baseline: np.ndarray,
     x_pending: np.ndarray | None,
@@ -123,8 +123,6 @@ def propose_batch(
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
     from botorch.acquisition.objective import GenericMCObjective
     from botorch.models.model import ModelList
-    from botorch.optim import optimize_acqf
-    from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
     from botorch.sampling.list_sampler import ListSampler
     from botorch.sampling.normal import SobolQMCNormalSampler
 
@@ -158,6 +156,33 @@ def propose_batch(
     )
     d = x_baseline.shape[1]
     bounds = torch.stack([torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype)])
+    with quiet_numerics():
+        x, values = _optimise(acqf, bounds, q, discrete_dims, mixed, raw_samples, num_restarts)
+        with torch.no_grad():
+            means = model.posterior(x).mean @ coef
+    vals = values.reshape(-1).tolist() if values is not None else [float("nan")] * q
+    if len(vals) == 1 and q > 1:
+        vals = vals * q
+    return Batch(
+        x=x.detach().numpy(),
+        acquisition=[float(v) for v in vals],
+        predicted_objective=[float(m) for m in means.reshape(-1)],
+    )
+
+
+def _optimise(
+    acqf: Any,
+    bounds: torch.Tensor,
+    q: int,
+    discrete_dims: Mapping[int, Sequence[float]] | None,
+    mixed: bool,
+    raw_samples: int,
+    num_restarts: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximises ``acqf`` over the unit cube: ``(x, values)``, ``x`` of shape ``q x d``."""
+    from botorch.optim import optimize_acqf
+    from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
+
     if discrete_dims and mixed:
         x, values = optimize_acqf_mixed_alternating(
             acqf,
@@ -180,16 +205,7 @@ def propose_batch(
             sequential=True,
             options={"maxiter": 60},
         )
-    with torch.no_grad():
-        means = model.posterior(x).mean @ coef
-    vals = values.reshape(-1).tolist() if values is not None else [float("nan")] * q
-    if len(vals) == 1 and q > 1:
-        vals = vals * q
-    return Batch(
-        x=x.detach().numpy(),
-        acquisition=[float(v) for v in vals],
-        predicted_objective=[float(m) for m in means.reshape(-1)],
-    )
+    return x, values
 
 
 def modelled_objective(

@@ -16,7 +16,6 @@ os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import json
 import sys
-import warnings
 from typing import Annotated, Any
 
 import typer
@@ -95,20 +94,6 @@ def _storage_url(storage: str | None) -> str:
     from searchlab.store import DEFAULT_STORAGE
 
     return storage or os.environ.get("SEARCHLAB_STORAGE") or DEFAULT_STORAGE
-
-
-def _quiet_libraries() -> None:
-    # BoTorch and linear_operator warn about numerics they handle themselves; the audit trail
-    # records what matters.
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=RuntimeWarning)
-    try:
-        from botorch.exceptions.warnings import InputDataWarning, OptimizationWarning
-
-        warnings.filterwarnings("ignore", category=InputDataWarning)
-        warnings.filterwarnings("ignore", category=OptimizationWarning)
-    except ImportError:
-        pass
 
 
 class _Display:
@@ -195,7 +180,6 @@ def _run(
         from searchlab.engine import Engine
         from searchlab.readmodel import status
 
-        _quiet_libraries()
         backend = backend if backend is not None else _load_backend(config, trust)
         display = _Display(config.domain_names, quiet)
         try:
@@ -351,7 +335,6 @@ def worker(
 
     from searchlab.worker import run_worker
 
-    _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     counts = run_worker(
         _storage_url(storage),
@@ -686,7 +669,6 @@ def validity_corpus(
     """Run (or finish) the engine's studies that `validity replay` and `validity power` measure."""
     from searchlab.calibration import ALTERNATIVE_INSTANCES, NULL_INSTANCES, make_corpus
 
-    _quiet_libraries()
     names = list(instance or NULL_INSTANCES)
     known = [*NULL_INSTANCES, *ALTERNATIVE_INSTANCES]
     unknown = [n for n in names if n not in known]
@@ -712,7 +694,6 @@ def validity_merge(
     """Join a corpus built over processes: copy finished studies the storage lacks."""
     from searchlab.calibration import merge_corpus
 
-    _quiet_libraries()
     copied = merge_corpus(
         _storage_url(storage), sources, progress=lambda line: err.print(line, markup=False)
     )
@@ -794,7 +775,6 @@ def bench_overhead(
     """Seconds per proposal at 25, 50 and 100 candidates, next to Optuna's GPSampler."""
     from searchlab.bench import overhead
 
-    _quiet_libraries()
     rows = overhead(repeats=repeats)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -828,7 +808,6 @@ def bench_surrogate(
     """External predicted where it was not shown: RMSE and 90 % coverage, each surrogate form."""
     from searchlab.model_accuracy import surrogate_accuracy
 
-    _quiet_libraries()
     result = surrogate_accuracy(
         _storage_url(storage), names=study, progress=lambda line: err.print(line, markup=False)
     )
@@ -882,7 +861,6 @@ def bench_search(
     unknown = [m for m in method or [] if m not in METHODS]
     if unknown:
         raise SearchlabError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
-    _quiet_libraries()
     rows = search(
         instances=tuple(instance or INSTANCES),
         methods=tuple(method or METHODS),

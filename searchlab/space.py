@@ -18,6 +18,7 @@ Encoding (one coordinate in [0, 1] per recipe key):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -193,7 +194,10 @@ class SearchSpace:
         """
         from scipy.stats import qmc
 
-        u = qmc.Sobol(d=self.dim, scramble=True, seed=seed).random(n)
+        with warnings.catch_warnings():
+            # A warm-up of any size is allowed; n not a power of 2 only loses Sobol's balance.
+            warnings.filterwarnings("ignore", message="The balance properties of Sobol")
+            u = qmc.Sobol(d=self.dim, scramble=True, seed=seed).random(n)
         for idx in self.simplex_groups():
             e = -np.log1p(-np.clip(u[:, idx], 0.0, 1.0 - 1e-12))
             u[:, idx] = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-12)

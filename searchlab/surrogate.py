@@ -46,7 +46,9 @@ seconds cold and well under one second warm-started from the previous fit's hype
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,22 @@ if TYPE_CHECKING:
 
 DEV, EXTERNAL = 0, 1
 _WARM_KEYS = ("covar_module", "mean_module", "likelihood")
+
+
+@contextmanager
+def quiet_numerics() -> Iterator[None]:
+    """Silences, inside the block only, what BoTorch, GPyTorch and linear_operator warn about
+    numerics they handle themselves (jitter added, a fit stopped at its iteration cap, input
+    scaling, sparse checks, ``torch.jit`` deprecations): how a fit ended is recorded instead
+    (:attr:`DomainSurrogate.fit_status`, the audit's ``fit_warning``)."""
+    from botorch.exceptions.warnings import BotorchWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BotorchWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # gpytorch's NumericalWarning is one
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 class SurrogateForm(StrEnum):
@@ -216,7 +234,7 @@ class DomainSurrogate:
 
         # The task kernel's initial factor and BoTorch's fit retries draw from torch's global
         # generator: seed a private one so a study is reproducible from its seed.
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), quiet_numerics():
             torch.manual_seed(self.seed * 1_000_003 + 1009 * len(y_dev) + len(y_ext))
             self._fit(x_dev, y_dev, x_ext, y_ext)
 
@@ -328,7 +346,7 @@ class DomainSurrogate:
 
         if self.model is None:
             raise RuntimeError("predict() before fit()")
-        with torch.no_grad():
+        with torch.no_grad(), quiet_numerics():
             post = self.model.posterior(torch.as_tensor(x, dtype=torch.float64))
             mean = post.mean.reshape(len(x), -1).numpy()
             sd = post.variance.clamp_min(0).sqrt().reshape(len(x), -1).numpy()

@@ -109,12 +109,8 @@ class PostTrainingBackend:
             )
         import datasets
 
-        # One bar per dataset map per candidate would flood a study's output, and so would
-        # transformers 5.24's deprecation of a name peft and trl still call at every step.
+        # One bar per dataset map per candidate would flood a study's output.
         datasets.disable_progress_bars()
-        warnings.filterwarnings(
-            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
-        )
         self.domains = list(domains)
         self.seed = seed
         self.model_name = str(options.get("model", "tiny"))
@@ -312,17 +308,22 @@ class PostTrainingBackend:
             ).encode()
         )
         out_dir = self.cache_dir / "adapters" / f"c{candidate}-{tag.hexdigest()[:12]}"
-        result = train_adapter(
-            model=model,
-            tokenizer=tokenizer,
-            examples=examples,
-            data_hash=data_hash,
-            recipe=lora,
-            out_dir=out_dir,
-            seed=seed,
-            device=self.device,
-            answers=answers,
-        )
+        with warnings.catch_warnings():
+            # transformers 5.24 deprecates a name peft and trl still call at every step.
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+            )
+            result = train_adapter(
+                model=model,
+                tokenizer=tokenizer,
+                examples=examples,
+                data_hash=data_hash,
+                recipe=lora,
+                out_dir=out_dir,
+                seed=seed,
+                device=self.device,
+                answers=answers,
+            )
         return {
             "adapter": result.adapter,
             "hash": artefact_hash(result.adapter),
