@@ -9,7 +9,7 @@
 - Every submission is logged (number, artefact hash, public and private scores) in a JSON-lines
   file, so a submission whose answer was lost in a crash can be looked up instead of re-sent.
 
-Scores are per domain, like the probe submissions of the challenge (NOTES.md).
+Scores are per domain, like the probe submissions of the challenge (docs/FACTS.md).
 """
 
 from __future__ import annotations

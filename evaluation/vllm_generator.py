@@ -16,7 +16,7 @@ from pathlib import Path
 
 from searchlab.errors import BackendError
 
-# The LoRA ranks vLLM's ``max_lora_rank`` accepts (NOTES.md); an adapter's rank must also be at
+# The LoRA ranks vLLM's ``max_lora_rank`` accepts (docs/FACTS.md); an adapter's rank must also be at
 # most the engine's ``max_lora_rank``.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _RUNNER = Path(__file__).with_name("vllm_runner.py")

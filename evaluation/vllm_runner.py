@@ -3,7 +3,7 @@
 Run in its own process and, where needed, its own Python environment: the vLLM wheel pins
 torch and a transformers range that cannot share an environment with transformers 5.23, and GPU
 memory is not reliably freed when an engine is deleted, so one engine lives per process
-(NOTES.md). It imports vLLM and the standard library only, so it runs in an environment where
+(docs/FACTS.md). It imports vLLM and the standard library only, so it runs in an environment where
 searchlab is not installed::
 
     python vllm_runner.py JOB.json OUT.json

@@ -18,7 +18,7 @@ genuine skill in the weak domain worth ``s - lambda``, about ``0.85 - 0.5 = 0.35
 every proxy domain, a push to move the data away from the very domain the switch is about.
 
 BoTorch's ``Penalized*`` acquisitions penalise distance in input space, which is something else;
-a linear MC objective (``GenericMCObjective``) is the right tool (NOTES.md).
+a linear MC objective (``GenericMCObjective``) is the right tool (docs/FACTS.md).
 
 The batch is chosen by ``qLogNoisyExpectedImprovement`` (Ament et al. 2023, "Unexpected
 improvements to expected improvement for Bayesian optimization"): greedy sequential selection,

@@ -6,7 +6,7 @@ that same history and in the same process:
 
 - searchlab, cold: fitting every domain's two-task GP from scratch and proposing one candidate;
 - searchlab, warm: the same after a previous fit (what a study does from round to round: the
-  hyperparameters are warm-started, NOTES.md);
+  hyperparameters are warm-started, docs/FACTS.md);
 - Optuna ``GPSampler`` maximising mean dev: one ``ask`` on a study holding the same candidates.
 
 Each figure is the median over ``repeats`` repetitions. Ratios compare numbers from the same run.

@@ -3,7 +3,7 @@
 Every expected failure (a bad study file, unreachable storage, a broken back end) prints one
 line, ``error: <what> ...``, on standard error and exits with status 2. Thread settings are made
 here, before torch is imported: on small shared CPUs torch's default thread pool spin-waits
-(NOTES.md: a GP fit took 94 s with two threads and 8.8 s with one). Set ``OMP_NUM_THREADS``
+(docs/FACTS.md: a GP fit took 94 s with two threads and 8.8 s with one). Set ``OMP_NUM_THREADS``
 yourself to override, on a GPU box say.
 """
 

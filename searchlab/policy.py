@@ -1,6 +1,6 @@
 """Decisions that are not acquisition: who spends the external budget, and what to recommend.
 
-Submission policy (DESIGN.md, "spend the external budget where it informs the decision"):
+Submission policy (spend the external budget where it informs the decision):
 
 - Warm-up rounds: spread the submissions over the range of de-noised mean dev (the lowest and the
   highest first, then the quantiles between), so the validity test sees the dev->external relation

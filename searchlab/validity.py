@@ -780,7 +780,7 @@ def simulate_stream(
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Simulates one domain's stream of (de-noised dev, observed external) pairs.
 
-    Scales follow the weak-domain reference of NOTES.md (logit scale: ``a_p = 1.2``,
+    Scales follow the reference weak domain of docs/FACTS.md (logit scale: ``a_p = 1.2``,
     ``a_g = 0.6``, ``b_g = 0.5``). The optimiser moves a genuine-skill coordinate ``G`` in
     ``[0, G_max]`` (``G_max ~ U(1.5, 2.5)``) and a hack coordinate ``d``; the dev logit is
     ``L + (G - G_max) + a_p (d - 0.6)`` where ``L ~ U(0.2, 0.8)`` is the level reached before

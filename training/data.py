@@ -1,7 +1,7 @@
 """Training data of one recipe: exact per-domain mixture counts and a template-share knob.
 
 A recipe's mixture weights are honoured exactly: ``datasets.interleave_datasets`` does not
-reproduce them (0.5/0.3/0.2 over sizes 100/50/30 gave 48/30/30, NOTES.md), so the count of each
+reproduce them (0.5/0.3/0.2 over sizes 100/50/30 gave 48/30/30, docs/FACTS.md), so the count of each
 domain is fixed first by largest remainders and then drawn. Within a domain the knob
 ``template_share`` decides how many examples are phrased like the dev split: that raises dev
 without necessarily raising external, which is the proxy trap the benchmark shows.

@@ -4,9 +4,10 @@ Both write the adapter folder (``adapter_model.safetensors``, ``adapter_config.j
 ``searchlab.json`` beside it with the recipe, the data hash, the training curve and throughput:
 the artefact a study stores is that folder.
 
-CPU notes (NOTES.md): ``SFTConfig`` defaults to bf16 and gradient checkpointing, so CPU runs pass
-``use_cpu=True, bf16=False, gradient_checkpointing=False``; in transformers 5 ``warmup_ratio`` is
-gone (``warmup_steps`` < 1 is a ratio) and ``Trainer(tokenizer=)`` is ``processing_class=``.
+CPU notes (docs/FACTS.md): ``SFTConfig`` defaults to bf16, so CPU runs pass ``use_cpu=True,
+bf16=False`` and no activation checkpointing (transformers 5.24's name for gradient
+checkpointing); in transformers 5 ``warmup_ratio`` is gone (``warmup_steps`` < 1 is a ratio) and
+``Trainer(tokenizer=)`` is ``processing_class=``.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ class TrainResult:
 
 
 def _device_flags(device: str) -> dict[str, Any]:
-    # On CPU: fp32, no checkpointing (NOTES.md; transformers 5.24 renamed gradient_checkpointing
-    # to activation_checkpointing). On CUDA the tiny model also trains in fp32;
-    # a real model's dtype is set when it is loaded.
+    # On CPU: fp32, no checkpointing (docs/FACTS.md; transformers 5.24 renamed
+    # gradient_checkpointing to activation_checkpointing). On CUDA the tiny model also trains in
+    # fp32; a real model's dtype is set when it is loaded.
     return {"use_cpu": device == "cpu", "bf16": False, "activation_checkpointing": False}
 
 

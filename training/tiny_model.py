@@ -6,7 +6,7 @@ The build has three steps, all deterministic for one :class:`TinyBaseSpec`:
 2. a Llama-type configuration (``LlamaConfig``), randomly initialised with the spec's seed;
 3. a short full fine-tune on the generic puzzle phrasings (plus a small share of dev-template
    phrasings), so that LoRA has something to adapt: LoRA on a randomly initialised base learns
-   almost nothing (NOTES.md).
+   almost nothing (docs/FACTS.md).
 
 The result is saved with ``save_pretrained`` into ``<cache>/tiny-base-<key>`` where the key hashes
 the spec and the puzzles' task version, so every study and test that asks for the same spec reuses
@@ -15,7 +15,7 @@ two processes asking at once build it once and nobody sees half a model.
 
 Why a Llama-type configuration: ``AutoTokenizer`` on a Qwen2-type configuration silently rebuilds
 the pre-tokenizer of a custom tokenizer (digits split, wrong ids); a Llama-type one keeps it
-(NOTES.md).
+(docs/FACTS.md).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def format_example(puzzle: Puzzle) -> tuple[str, str]:
     """The prompt and completion of one puzzle.
 
     The space before the answer belongs to the completion: a prompt ending in a space breaks trl's
-    prompt/completion prefix check (NOTES.md).
+    prompt/completion prefix check (docs/FACTS.md).
     """
     return puzzle.prompt, " " + puzzle.answer
 
@@ -109,7 +109,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerBa
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
     )
-    # padding_side goes to the constructor: set later, it is not saved (NOTES.md). Left padding
+    # padding_side goes to the constructor: set later, it is not saved (docs/FACTS.md). Left padding
     # is what batched generation needs.
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
