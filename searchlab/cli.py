@@ -622,7 +622,8 @@ def validity_calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Measure the validity test's false-alarm and detection rates by simulation."""
-    from searchlab.validity import DetectorSettings, calibrate
+    from searchlab.streams import calibrate
+    from searchlab.validity import DetectorSettings
 
     if not 0 < alpha < 1:
         raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from searchlab.streams import calibrate, simulate_stream
 from searchlab.validity import (
     DetectorSettings,
     DomainMonitor,
@@ -16,9 +17,7 @@ from searchlab.validity import (
     ValidityTest,
     _hinge_design,
     _log_evalue_from_stats,
-    calibrate,
     hinge_evalue,
-    simulate_stream,
 )
 
 # ---------------------------------------------------------------------------------------------
