@@ -32,12 +32,11 @@ from searchlab.errors import BackendError, CandidateFinishedError, SearchlabErro
 from searchlab.interrupt import SignalLatch, received, sigint_latch
 from searchlab.policy import (
     SubmissionChoice,
-    confirm_for_recommendation,
+    SubmissionRound,
+    choose_submissions,
     implausible_domains,
-    rank_for_submission,
     recommend,
     record_probe,
-    spread_by_dev,
 )
 from searchlab.readmodel import alarms
 from searchlab.space import SearchSpace
@@ -536,38 +535,31 @@ class Engine:
         externals = self.externals()
         left = self.config.external.total - len(externals)
         in_round = sum(1 for s in externals.values() if s["round"] == r)
-        k = max(0, min(self.config.external.per_round - in_round, left))
         open_numbers = [n for n in models.numbers if n not in externals]
-        rows = [models.numbers.index(n) for n in open_numbers]
-        if r < self.config.policy.warmup_rounds:
-            mean_dev = sum(
-                w * p["dev_mean"][rows]
-                for p, w in zip(models.predictions, self.weights, strict=True)
+        rows = {n: models.numbers.index(n) for n in open_numbers}
+        choices = choose_submissions(
+            SubmissionRound(
+                round=r,
+                rounds=self.config.rounds.count,
+                warmup_rounds=self.config.policy.warmup_rounds,
+                budget=max(0, min(self.config.external.per_round - in_round, left)),
+                open=open_numbers,
+                predictions=[
+                    {key: v[list(rows.values())] for key, v in p.items()}
+                    for p in models.predictions
+                ],
+                weights=self.weights,
+                modes=self.modes,
+                ucb_beta=self.config.policy.ucb_beta,
+                probe_ready=all(self.tests[d].scale for d in self.domains),
+                probe=lambda numbers: self._record_probe(
+                    models, numbers, [rows[n] for n in numbers], externals
+                ),
+                modelled_external=lambda numbers: self._modelled_external(
+                    models, [rows[n] for n in numbers]
+                )[0],
             )
-            choices = spread_by_dev(open_numbers, np.asarray(mean_dev), k)
-        else:
-            choices = []
-            if k >= 2 and all(self.tests[d].scale for d in self.domains):
-                probe = self._record_probe(models, open_numbers, rows, externals)
-                if probe is not None:
-                    choices.append(probe)
-                    rows = [
-                        i for n, i in zip(open_numbers, rows, strict=True) if n != probe.candidate
-                    ]
-                    open_numbers = [n for n in open_numbers if n != probe.candidate]
-            if r == self.config.rounds.count - 1:
-                # No proposal follows: what is left to decide is the recommendation.
-                modelled, _, _ = self._modelled_external(models, rows)
-                choices += confirm_for_recommendation(open_numbers, modelled, k - len(choices))
-            else:
-                choices += rank_for_submission(
-                    open_numbers,
-                    [{key: v[rows] for key, v in p.items()} for p in models.predictions],
-                    self.weights,
-                    self.modes,
-                    k - len(choices),
-                    beta=self.config.policy.ucb_beta,
-                )
+        )
         for choice in choices:
             self._check_interrupt()
             self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
@@ -668,7 +660,7 @@ class Engine:
         checks: dict[str, Any] = {}
         for d, p in zip(self.domains, models.predictions, strict=True):
             monitor = self.monitors[d]
-            before, snapshot = monitor.mode, monitor.to_dict()
+            before = monitor.mode
             # Each pair's dev as fixed when it entered; a study stored before that was kept
             # falls back to the current two-task mean (what it used then).
             dev = np.array(
@@ -678,12 +670,15 @@ class Engine:
                 ]
             )
             ext = np.array([done[n]["scores"][d] for n in order])
-            result, event = monitor.check(self.tests[d], dev, ext)
-            # The de-noised dev the test saw, so `study analyze` can replay it exactly.
-            checks[d] = {"mode": monitor.mode, **result.to_dict(), "dev": dev.tolist()}
-            if event is not None and not self.config.policy.switch:
-                # The dev-only baseline: the test is run and recorded, the mode never changes.
-                self.monitors[d] = monitor = DomainMonitor.from_dict(snapshot)
+            # The dev-only baseline (policy.switch false): the test is run and recorded, the
+            # mode never changes.
+            result, event, ignored = monitor.observe(
+                self.tests[d], dev, ext, switch=self.config.policy.switch
+            )
+            # The de-noised dev the test saw, so `study analyze` can replay it exactly; "mode"
+            # is the mode the check switched to (also when the switch was refused).
+            checks[d] = {"mode": ignored or monitor.mode, **result.to_dict(), "dev": dev.tolist()}
+            if ignored is not None:
                 self.record.audit(
                     AuditKind.ALARM_IGNORED,
                     round=r,
@@ -692,7 +687,6 @@ class Engine:
                     evidence=result.to_dict(),
                     note="policy.switch is false",
                 )
-                event = None
             self.record.put_monitor_state(d, monitor.to_dict())
             if event is not None:
                 self.record.audit(

@@ -31,7 +31,7 @@ plausible, the submitted candidate with the best observed external score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +46,70 @@ class SubmissionChoice:
     candidate: int
     reason: str
     score: float
+
+
+@dataclass(frozen=True)
+class SubmissionRound:
+    """What the submission policy needs to know about one round.
+
+    Attributes:
+        round: The round (0-based).
+        rounds: Rounds in the study.
+        warmup_rounds: Rounds of quasi-random warm-up.
+        budget: Submissions this round may still make (per-round quota and total budget).
+        open: Completed candidates never submitted, in fit order.
+        predictions: Per domain, the fitted surrogate's ``dev_mean``, ``ext_mean``, ``ext_sd``
+            ... at ``open`` (arrays of shape ``(len(open),)``).
+        weights: Domain weights.
+        modes: Domain modes.
+        ucb_beta: ``beta`` of :func:`rank_for_submission`.
+        probe_ready: Whether every domain's test has its warm-up scale (the probe needs it).
+        probe: The dev-record probe among the given open candidates, or None (lazy: it fits the
+            dev-only models).
+        modelled_external: Weighted modelled external at the given open candidates (lazy).
+    """
+
+    round: int
+    rounds: int
+    warmup_rounds: int
+    budget: int
+    open: list[int]
+    predictions: Sequence[Mapping[str, np.ndarray]]
+    weights: Sequence[float]
+    modes: Sequence[Mode]
+    ucb_beta: float
+    probe_ready: bool
+    probe: Callable[[list[int]], SubmissionChoice | None]
+    modelled_external: Callable[[list[int]], np.ndarray]
+
+
+def choose_submissions(r: SubmissionRound) -> list[SubmissionChoice]:
+    """Which candidates get this round's external submissions, and why (the module docstring
+    gives the rule of each round)."""
+    if r.round < r.warmup_rounds:
+        mean_dev = sum(w * p["dev_mean"] for p, w in zip(r.predictions, r.weights, strict=True))
+        return spread_by_dev(r.open, np.asarray(mean_dev), r.budget)
+    keep = list(range(len(r.open)))
+    choices: list[SubmissionChoice] = []
+    if r.budget >= 2 and r.probe_ready:
+        probe = r.probe(list(r.open))
+        if probe is not None:
+            choices.append(probe)
+            keep = [i for i in keep if r.open[i] != probe.candidate]
+    left = [r.open[i] for i in keep]
+    if r.round == r.rounds - 1:
+        # No proposal follows: what is left to decide is the recommendation.
+        return choices + confirm_for_recommendation(
+            left, r.modelled_external(left), r.budget - len(choices)
+        )
+    return choices + rank_for_submission(
+        left,
+        [{key: v[keep] for key, v in p.items()} for p in r.predictions],
+        r.weights,
+        r.modes,
+        r.budget - len(choices),
+        beta=r.ucb_beta,
+    )
 
 
 def spread_by_dev(numbers: Sequence[int], mean_dev: np.ndarray, k: int) -> list[SubmissionChoice]:

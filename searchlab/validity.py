@@ -730,6 +730,26 @@ class DomainMonitor:
         )
         return result, event
 
+    def observe(
+        self, test: ValidityTest, dev: np.ndarray, external: np.ndarray, *, switch: bool = True
+    ) -> tuple[ValidityResult, Mode | None, Mode | None]:
+        """:meth:`check`, where ``switch=False`` (``policy.switch: false``, the dev-only
+        baseline) never changes the mode: a check that would switch leaves the monitor exactly
+        as it was before it.
+
+        Returns:
+            ``(result, event, ignored)``: ``event`` as for :meth:`check` (always None when
+            ``switch`` is False); ``ignored`` the mode a switch was refused to, or None.
+        """
+        before = self.to_dict()
+        result, event = self.check(test, dev, external)
+        if event is None or switch:
+            return result, event, None
+        restored = DomainMonitor.from_dict(before)
+        self.mode, self.switched_at_pair = restored.mode, restored.switched_at_pair
+        self.checks_since_switch, self.history = restored.checks_since_switch, restored.history
+        return result, None, event
+
     def to_dict(self) -> dict[str, Any]:
         """Returns the state as a JSON-safe dict."""
         return {
