@@ -549,21 +549,29 @@ def validate_study(data: Any, *, source: str) -> StudyConfig:
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _FieldError):
-            raise StudyFileError(source, ctx_error.path, str(ctx_error)) from None
-        path = _format_location(tuple(err["loc"]))
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif err["type"] == "missing":
-            message = "required field is missing"
-        elif "input" in err and err["type"] not in ("value_error",):
-            message += f" (got {_short_repr(err['input'])})"
-        raise StudyFileError(source, path, message) from None
+        raise StudyFileError(source, *first_error(exc)) from None
     _check_testable(config, source)
     return config
+
+
+def first_error(exc: ValidationError, *, hidden: frozenset[str] = frozenset()) -> tuple[str, str]:
+    """The first problem of a pydantic validation as ``(field path, message)``: the path
+    dotted with ``[i]`` for list items (``space.lr.low``, ``domains[2].name``), the message in
+    words, with the offending value cut short. Parts of the path in ``hidden`` (the tags of a
+    tagged union) are left out."""
+    err = exc.errors()[0]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _FieldError):
+        return ctx_error.path, str(ctx_error)
+    path = _format_location(tuple(p for p in err["loc"] if p not in hidden))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in err and err["type"] not in ("value_error",):
+        message += f" (got {_short_repr(err['input'])})"
+    return path, message
 
 
 def _check_testable(config: StudyConfig, source: str) -> None:

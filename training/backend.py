@@ -31,20 +31,21 @@ import json
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from searchlab.errors import BackendError
 from searchlab_evaluation.cache import EvalCache, artefact_hash, cache_key
-from searchlab_evaluation.generate import GenerationSettings, resolve_device
+from searchlab_evaluation.generate import resolve_device
 from searchlab_evaluation.leaderboard import Leaderboard
 from searchlab_evaluation.puzzles import FAMILIES, TASK_VERSION, make_split
 from searchlab_evaluation.scoring import Item, grade_samples, items_hash, per_domain_accuracy
-from searchlab_evaluation.vllm_generator import VllmSettings, check_lora_rank, generate_vllm
+from searchlab_evaluation.vllm_generator import check_lora_rank, generate_vllm
 from searchlab_training.data import FileSource, PuzzleSource, build_examples, read_rows
 from searchlab_training.lora import LoraRecipe, train_adapter
-from searchlab_training.tiny_model import TinyBaseSpec, build_tiny_base
+from searchlab_training.options import parse_options
+from searchlab_training.tiny_model import build_tiny_base
 
 # Recipe key -> LoraRecipe field.
 _RECIPE_FIELDS = {
@@ -60,11 +61,6 @@ _RECIPE_FIELDS = {
     "num_generations": "num_generations",
     "max_length": "max_length",
 }
-_OPTIONS = {
-    "model", "tiny", "cache_dir", "data", "examples", "dev_items", "external_items", "data_seed",
-    "template_domains", "defaults", "evaluator", "vllm", "generation", "device", "dtype",
-    "leaderboard",
-}  # fmt: skip
 
 
 class PostTrainingBackend:
@@ -102,48 +98,37 @@ class PostTrainingBackend:
         seed: int,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise BackendError(
-                f"backend.options: unknown key(s) {unknown}; known: {sorted(_OPTIONS)}"
-            )
+        opts = parse_options(options)
         import datasets
 
         # One bar per dataset map per candidate would flood a study's output.
         datasets.disable_progress_bars()
         self.domains = list(domains)
         self.seed = seed
-        self.model_name = str(options.get("model", "tiny"))
-        self.cache_dir = Path(options.get("cache_dir", ".searchlab-cache")).resolve()
-        self.examples = int(options.get("examples", 512))
-        self.data_seed = int(options.get("data_seed", 0))
-        self.template_domains = list(options.get("template_domains") or self.domains)
+        self.model_name = opts.model
+        self.cache_dir = Path(opts.cache_dir).resolve()
+        self.examples = opts.examples
+        self.data_seed = opts.data_seed
+        self.template_domains = list(opts.template_domains or self.domains)
         strangers = [d for d in self.template_domains if d not in self.domains]
         if strangers:
             raise BackendError(
                 f"backend.options.template_domains: {strangers} are not domains of the study"
             )
-        self.defaults = dict(options.get("defaults") or {})
-        self.device = resolve_device(str(options.get("device", "auto")))
-        self.dtype = str(options.get("dtype", "auto"))
-        self.evaluator = str(options.get("evaluator", "transformers"))
-        if self.evaluator not in ("transformers", "vllm"):
-            raise BackendError(
-                f"backend.options.evaluator {self.evaluator!r}: expected transformers or vllm"
-            )
-        self.generation = _dataclass_from(
-            GenerationSettings, options.get("generation"), "generation", engine=self.evaluator
-        )
-        self.vllm = _dataclass_from(VllmSettings, options.get("vllm"), "vllm")
-        self.tiny_spec = _dataclass_from(TinyBaseSpec, options.get("tiny"), "tiny")
+        self.defaults = dict(opts.defaults)
+        self.device = resolve_device(opts.device)
+        self.dtype = opts.dtype
+        self.evaluator = opts.evaluator
+        self.generation = opts.generation_settings
+        self.vllm = opts.vllm_settings
+        self.tiny_spec = opts.tiny_spec
         self.cache = EvalCache(self.cache_dir / "evaluations")
         for key in self.defaults:
             self._check_recipe_key(key)
 
-        self._dev_items = int(options.get("dev_items", 64))
-        self._external_items = int(options.get("external_items", 128))
-        data = options.get("data", "puzzles")
-        if data == "puzzles":
+        self._dev_items = opts.dev_items
+        self._external_items = opts.external_items
+        if opts.data == "puzzles":
             not_puzzles = [d for d in self.domains if d not in FAMILIES]
             if not_puzzles:
                 raise BackendError(
@@ -151,32 +136,21 @@ class PostTrainingBackend:
                     "give backend.options.data files for them"
                 )
             self.data_files: dict[str, dict[str, str]] | None = None
-        elif isinstance(data, Mapping) and set(data) == {"train", "dev", "external"}:
+        else:
             self.data_files = {}
             for split in ("train", "dev", "external"):
-                files = data[split]
-                missing = [
-                    d for d in self.domains if not isinstance(files, Mapping) or d not in files
-                ]
+                files = getattr(opts.data, split)
+                missing = [d for d in self.domains if d not in files]
                 if missing:
                     raise BackendError(
                         f"backend.options.data.{split}: no file for domain(s) {missing}"
                     )
-                self.data_files[split] = {d: str(files[d]) for d in self.domains}
-        else:
-            raise BackendError(
-                "backend.options.data: expected 'puzzles' or a mapping with keys "
-                "train, dev, external"
-            )
+                self.data_files[split] = {d: files[d] for d in self.domains}
         self._source: PuzzleSource | FileSource | None = None
         self._items: dict[str, list[Item]] = {}
-        board = dict(options.get("leaderboard") or {})
         # The engine plans per-round submissions itself (external.per_round); the leaderboard
         # enforces its own total, as a real one would.
-        unknown_board = sorted(set(board) - {"resolution", "total"})
-        if unknown_board:
-            raise BackendError(f"backend.options.leaderboard: unknown key(s) {unknown_board}")
-        self._board = board
+        self._board = opts.leaderboard.model_dump(exclude_none=True)
         self._leaderboard: Leaderboard | None = None
         self._base_path: Path | None = None
 
@@ -426,18 +400,6 @@ def _adapter_of(artefact: Mapping[str, Any]) -> str:
     if not adapter:
         raise BackendError(f"artefact {artefact!r} names no adapter folder")
     return str(adapter)
-
-
-def _dataclass_from(cls: type, values: Mapping[str, Any] | None, what: str, **extra: Any) -> Any:
-    """``cls(**values)``, with unknown keys reported by the option's name."""
-    values = {**dict(values or {}), **extra}
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise BackendError(
-            f"backend.options.{what}: unknown key(s) {unknown}; known: {sorted(known)}"
-        )
-    return cls(**values)
 
 
 def _puzzle_items(domains: Sequence[str], split: str, n: int, *, seed: int) -> list[Item]:
