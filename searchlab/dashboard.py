@@ -69,7 +69,8 @@ def publish(record: StudyRecord) -> list[str]:
     _require()
     import optuna_dashboard
 
-    from searchlab.report import figures, note_markdown, view
+    from searchlab.figures import figures
+    from searchlab.report import note_markdown, view
 
     v = view(record)
     with record.storage_errors("publish to the dashboard"):
