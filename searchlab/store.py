@@ -906,12 +906,7 @@ class StudyRecord:
         Raises:
             CandidateFinishedError: If the candidate is already finished (given away).
         """
-        now = time.time()
-        self._on_trial(
-            number,
-            f"write the heartbeat of candidate {number}",
-            lambda: self._set_trial_user_attr(number, "heartbeat", now),
-        )
+        self._write_trial(number, "heartbeat", time.time(), "write the heartbeat of")
 
     def set_worker(self, number: int, worker: str) -> None:
         """Writes which worker (``host:pid``) runs a RUNNING candidate.
@@ -919,11 +914,7 @@ class StudyRecord:
         Raises:
             CandidateFinishedError: If the candidate is already finished.
         """
-        self._on_trial(
-            number,
-            f"write the worker of candidate {number}",
-            lambda: self._set_trial_user_attr(number, "worker", worker),
-        )
+        self._write_trial(number, "worker", worker, "write the worker of")
 
     def release(self, number: int, reason: str) -> None:
         """A worker gives a RUNNING candidate back: the coordinator re-proposes it at once.
@@ -931,10 +922,15 @@ class StudyRecord:
         Raises:
             CandidateFinishedError: If the candidate is already finished.
         """
+        self._write_trial(number, "released", reason, "release")
+
+    def _write_trial(self, number: int, key: str, value: Any, action: str) -> None:
+        """Writes ``searchlab.<key>`` of an unfinished candidate (``action`` names the write in
+        an error: "<action> candidate <number>")."""
         self._on_trial(
             number,
-            f"release candidate {number}",
-            lambda: self._set_trial_user_attr(number, "released", reason),
+            f"{action} candidate {number}",
+            lambda: self._set_trial_user_attr(number, key, value),
         )
 
     def _on_trial(self, number: int, action: str, fn: Callable[[], _T]) -> _T:
