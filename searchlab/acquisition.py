@@ -120,11 +120,7 @@ def propose_batch(
         The batch, in ``[0, 1]^d`` (mixture coordinates not yet projected).
     """
     import torch
-    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-    from botorch.acquisition.objective import GenericMCObjective
     from botorch.models.model import ModelList
-    from botorch.sampling.list_sampler import ListSampler
-    from botorch.sampling.normal import SobolQMCNormalSampler
 
     torch.manual_seed(seed)
     dtype = torch.float64
@@ -132,31 +128,10 @@ def propose_batch(
         objective_coefficients(surrogates, weights, modes, dev_penalty), dtype=dtype
     )
     model = ModelList(*[s.model for s in surrogates])
-
-    def g(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
-        # samples: sample_shape x batch x q x m  ->  sample_shape x batch x q
-        return samples @ coef
-
-    acqf = qLogNoisyExpectedImprovement(
-        model=model,
-        X_baseline=torch.as_tensor(x_baseline, dtype=dtype),
-        # One quasi-MC sampler per domain model: a ModelList's posterior is a PosteriorList.
-        sampler=ListSampler(
-            *[
-                SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=seed + i)
-                for i in range(len(surrogates))
-            ]
-        ),
-        objective=GenericMCObjective(g),
-        X_pending=None
-        if x_pending is None or len(x_pending) == 0
-        else torch.as_tensor(x_pending, dtype=dtype),
-        prune_baseline=True,
-        cache_root=False,
-    )
     d = x_baseline.shape[1]
     bounds = torch.stack([torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype)])
     with quiet_numerics():
+        acqf = _acquisition(model, coef, x_baseline, x_pending, seed)
         x, values = _optimise(acqf, bounds, q, discrete_dims, mixed, raw_samples, num_restarts)
         with torch.no_grad():
             means = model.posterior(x).mean @ coef
@@ -167,6 +142,49 @@ def propose_batch(
         x=x.detach().numpy(),
         acquisition=[float(v) for v in vals],
         predicted_objective=[float(m) for m in means.reshape(-1)],
+    )
+
+
+def _acquisition(
+    model: Any,
+    coef: torch.Tensor,
+    x_baseline: np.ndarray,
+    x_pending: np.ndarray | None,
+    seed: int,
+) -> Any:
+    """qLogNEI of the linear objective ``samples @ coef`` over the domains' models.
+
+    ``model`` is a ``ModelList`` of the ``K`` domain models (``m`` outputs in all), ``coef`` of
+    shape ``(m,)``, ``x_baseline`` ``(n, d)``, ``x_pending`` ``(p, d)`` or None.
+    """
+    import torch
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.acquisition.objective import GenericMCObjective
+    from botorch.sampling.list_sampler import ListSampler
+    from botorch.sampling.normal import SobolQMCNormalSampler
+
+    dtype = torch.float64
+
+    def g(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+        # samples: sample_shape x batch x q x m  ->  sample_shape x batch x q
+        return samples @ coef
+
+    return qLogNoisyExpectedImprovement(
+        model=model,
+        X_baseline=torch.as_tensor(x_baseline, dtype=dtype),
+        # One quasi-MC sampler per domain model: a ModelList's posterior is a PosteriorList.
+        sampler=ListSampler(
+            *[
+                SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=seed + i)
+                for i in range(len(model.models))
+            ]
+        ),
+        objective=GenericMCObjective(g),
+        X_pending=None
+        if x_pending is None or len(x_pending) == 0
+        else torch.as_tensor(x_pending, dtype=dtype),
+        prune_baseline=True,
+        cache_root=False,
     )
 
 

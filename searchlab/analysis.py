@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from searchlab.errors import SearchlabError
-from searchlab.readmodel import finite, read
+from searchlab.readmodel import StudyView, finite, read
 from searchlab.store import AuditKind, Mode
 
 if TYPE_CHECKING:
@@ -149,33 +149,9 @@ def reanalyze(record: StudyRecord, **overrides: Any) -> dict[str, Any]:
     Raises:
         AnalysisError: Bad settings, or no knots fixed yet (the warm-up never finished).
     """
-    from searchlab.validity import DetectorSettings
-
     view = read(record)
     domains = view.domains
-    base = view.settings.to_dict()
-    changed = {k: v for k, v in overrides.items() if v is not None}
-    if "threshold" in changed:  # the study file's name for it
-        changed["threshold_override"] = changed.pop("threshold")
-    if (
-        "alpha" in changed
-        and "threshold_override" not in changed
-        and base.get("threshold_override") is not None
-    ):
-        # A new false-alarm level means the anytime-valid threshold n_domains / alpha, not the
-        # study's calibrated threshold (which alpha does not move).
-        changed["threshold_override"] = None
-    unknown = set(changed) - set(base)
-    if unknown:
-        raise AnalysisError(f"unknown detector settings: {sorted(unknown)}")
-    for key in ("knot_offsets", "knot_quantiles"):
-        if key in changed:
-            changed[key] = [float(v) for v in changed[key]]
-    try:
-        settings = DetectorSettings.from_dict({**base, **changed})
-        original = DetectorSettings.from_dict(base)
-    except (ValueError, TypeError) as exc:
-        raise AnalysisError(f"bad detector settings: {exc}") from None
+    original, settings, changed = _settings(view, overrides)
     warm = view.warmup_dev
     if not warm:
         raise AnalysisError(
@@ -230,6 +206,42 @@ def reanalyze(record: StudyRecord, **overrides: Any) -> dict[str, Any]:
             "domains": out_domains,
         }
     )
+
+
+def _settings(view: StudyView, overrides: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """The study's detector settings, the re-analysis's, and what changed between them.
+
+    Raises:
+        AnalysisError: An unknown or impossible setting.
+    """
+    from searchlab.validity import DetectorSettings
+
+    base = view.settings.to_dict()
+    changed = {k: v for k, v in overrides.items() if v is not None}
+    if "threshold" in changed:  # the study file's name for it
+        changed["threshold_override"] = changed.pop("threshold")
+    if (
+        "alpha" in changed
+        and "threshold_override" not in changed
+        and base.get("threshold_override") is not None
+    ):
+        # A new false-alarm level means the anytime-valid threshold n_domains / alpha, not the
+        # study's calibrated threshold (which alpha does not move).
+        changed["threshold_override"] = None
+    unknown = set(changed) - set(base)
+    if unknown:
+        raise AnalysisError(f"unknown detector settings: {sorted(unknown)}")
+    for key in ("knot_offsets", "knot_quantiles"):
+        if key in changed:
+            changed[key] = [float(v) for v in changed[key]]
+    try:
+        return (
+            DetectorSettings.from_dict(base),
+            DetectorSettings.from_dict({**base, **changed}),
+            changed,
+        )
+    except (ValueError, TypeError) as exc:
+        raise AnalysisError(f"bad detector settings: {exc}") from None
 
 
 def describe_switch(event: dict[str, Any] | None) -> str:

@@ -125,17 +125,7 @@ class Engine:
             for i, _ in enumerate(self.domains)
         ]
         self.settings = config.detector_settings()
-        self.tests = {d: ValidityTest(settings=self.settings) for d in self.domains}
-        knots = record.warmup_dev
-        if knots:
-            for d in self.domains:
-                self.tests[d].fix_knots(np.asarray(knots[d], dtype=float))
-        self.monitors = {
-            d: DomainMonitor.from_dict(stored)
-            if (stored := record.monitor_state(d))
-            else DomainMonitor(domain=d)
-            for d in self.domains
-        }
+        self.tests, self.monitors = self._restore_tests(record)
         self.timings: dict[str, float] = {"fit": 0.0, "propose": 0.0, "backend": 0.0, "wait": 0.0}
         self._models: _Models | None = None
         self._models_key: tuple[Any, ...] | None = None
@@ -149,6 +139,23 @@ class Engine:
             )
             for i, _ in enumerate(self.domains)
         ]
+
+    def _restore_tests(
+        self, record: StudyRecord
+    ) -> tuple[dict[str, ValidityTest], dict[str, DomainMonitor]]:
+        """Each domain's test (its knots, once fixed) and monitor, as the record left them."""
+        tests = {d: ValidityTest(settings=self.settings) for d in self.domains}
+        knots = record.warmup_dev
+        if knots:
+            for d in self.domains:
+                tests[d].fix_knots(np.asarray(knots[d], dtype=float))
+        monitors = {
+            d: DomainMonitor.from_dict(stored)
+            if (stored := record.monitor_state(d))
+            else DomainMonitor(domain=d)
+            for d in self.domains
+        }
+        return tests, monitors
 
     # -- state ------------------------------------------------------------------------------
 

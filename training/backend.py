@@ -44,7 +44,7 @@ from searchlab_evaluation.scoring import Item, grade_samples, items_hash, per_do
 from searchlab_evaluation.vllm_generator import check_lora_rank, generate_vllm
 from searchlab_training.data import FileSource, PuzzleSource, build_examples, read_rows
 from searchlab_training.lora import LoraRecipe, train_adapter
-from searchlab_training.options import parse_options
+from searchlab_training.options import PostTrainingOptions, parse_options
 from searchlab_training.tiny_model import build_tiny_base
 
 # Recipe key -> LoraRecipe field.
@@ -128,24 +128,7 @@ class PostTrainingBackend:
 
         self._dev_items = opts.dev_items
         self._external_items = opts.external_items
-        if opts.data == "puzzles":
-            not_puzzles = [d for d in self.domains if d not in FAMILIES]
-            if not_puzzles:
-                raise BackendError(
-                    f"domains {not_puzzles} are not puzzle families {list(FAMILIES)}; "
-                    "give backend.options.data files for them"
-                )
-            self.data_files: dict[str, dict[str, str]] | None = None
-        else:
-            self.data_files = {}
-            for split in ("train", "dev", "external"):
-                files = getattr(opts.data, split)
-                missing = [d for d in self.domains if d not in files]
-                if missing:
-                    raise BackendError(
-                        f"backend.options.data.{split}: no file for domain(s) {missing}"
-                    )
-                self.data_files[split] = {d: files[d] for d in self.domains}
+        self.data_files = self._data_files(opts)
         self._source: PuzzleSource | FileSource | None = None
         self._items: dict[str, list[Item]] = {}
         # The engine plans per-round submissions itself (external.per_round); the leaderboard
@@ -153,6 +136,25 @@ class PostTrainingBackend:
         self._board = opts.leaderboard.model_dump(exclude_none=True)
         self._leaderboard: Leaderboard | None = None
         self._base_path: Path | None = None
+
+    def _data_files(self, opts: PostTrainingOptions) -> dict[str, dict[str, str]] | None:
+        """Per split, the file of each domain; None for the built-in puzzles."""
+        if opts.data == "puzzles":
+            not_puzzles = [d for d in self.domains if d not in FAMILIES]
+            if not_puzzles:
+                raise BackendError(
+                    f"domains {not_puzzles} are not puzzle families {list(FAMILIES)}; "
+                    "give backend.options.data files for them"
+                )
+            return None
+        out = {}
+        for split in ("train", "dev", "external"):
+            files = getattr(opts.data, split)
+            missing = [d for d in self.domains if d not in files]
+            if missing:
+                raise BackendError(f"backend.options.data.{split}: no file for domain(s) {missing}")
+            out[split] = {d: files[d] for d in self.domains}
+        return out
 
     # -- data, loaded on first use (``validate`` constructs the back end without its data) ----
 
