@@ -104,7 +104,6 @@ def run_worker(
     """
     from searchlab.backends import backend_for
     from searchlab.config import stored_config
-    from searchlab.execution import run_candidate
     from searchlab.space import SearchSpace
     from searchlab.store import Storage
 
@@ -132,31 +131,36 @@ def run_worker(
                 break
             time.sleep(poll_s)
             continue
-        number = trial.number
-        log.info("%s: candidate %d started", me, number)
-        heartbeat = _Heartbeat(record, number, heartbeat_s, me)
-        try:
-            with heartbeat:
-                record.set_worker(number, me)
-                outcome = run_candidate(record, backend, config, trial, before_store=heartbeat.stop)
-        except CandidateFinishedError:
-            log.warning(
-                "candidate %d was given away after its lease expired; result discarded", number
-            )
-            counts["discarded"] += 1
-        except KeyboardInterrupt:
-            # Hand it back at once rather than after the lease: the coordinator re-proposes it.
-            with contextlib.suppress(SearchlabError):
-                record.release(number, f"worker {me} was interrupted (SIGINT)")
-            raise
-        else:
-            counts["done" if outcome.ok else "failed"] += 1
-            log.info(
-                "%s: candidate %d %s in %.1f s",
-                me,
-                number,
-                "done" if outcome.ok else f"failed: {outcome.reason}",
-                outcome.seconds,
-            )
+        counts[_serve(record, backend, config, trial, me, heartbeat_s)] += 1
         idle_since = time.monotonic()
     return counts
+
+
+def _serve(record: Any, backend: Any, config: Any, trial: Any, me: str, heartbeat_s: float) -> str:
+    """Runs one claimed candidate with its heartbeat; how it ended: ``done``, ``failed`` or
+    ``discarded`` (given away after its lease ran out). An interrupt hands it back at once."""
+    from searchlab.execution import run_candidate
+
+    number = trial.number
+    log.info("%s: candidate %d started", me, number)
+    heartbeat = _Heartbeat(record, number, heartbeat_s, me)
+    try:
+        with heartbeat:
+            record.set_worker(number, me)
+            outcome = run_candidate(record, backend, config, trial, before_store=heartbeat.stop)
+    except CandidateFinishedError:
+        log.warning("candidate %d was given away after its lease expired; result discarded", number)
+        return "discarded"
+    except KeyboardInterrupt:
+        # Hand it back at once rather than after the lease: the coordinator re-proposes it.
+        with contextlib.suppress(SearchlabError):
+            record.release(number, f"worker {me} was interrupted (SIGINT)")
+        raise
+    log.info(
+        "%s: candidate %d %s in %.1f s",
+        me,
+        number,
+        "done" if outcome.ok else f"failed: {outcome.reason}",
+        outcome.seconds,
+    )
+    return "done" if outcome.ok else "failed"

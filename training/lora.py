@@ -162,7 +162,6 @@ def train_adapter(
         BackendError: On a recipe trl or peft rejects, or a run that fails (out of memory
             included), naming the cause.
     """
-    import datasets
     import transformers
 
     transformers.set_seed(seed)
@@ -170,37 +169,7 @@ def train_adapter(
     # The trainer's own output folder stays empty (nothing is checkpointed): thrown away after.
     scratch = tempfile.TemporaryDirectory(prefix="searchlab-trainer-")
     try:
-        if recipe.method == "sft":
-            from trl import SFTConfig, SFTTrainer
-
-            rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
-            args = SFTConfig(
-                **_common_args(
-                    recipe, len(rows), seed=seed, device=device, output_dir=scratch.name
-                ),
-                max_length=recipe.max_length,
-                completion_only_loss=True,
-            )
-            trainer = SFTTrainer(
-                model=model,
-                args=args,
-                train_dataset=datasets.Dataset.from_list(rows),
-                processing_class=tokenizer,
-                peft_config=_peft_config(recipe),
-            )
-        elif recipe.method == "grpo":
-            trainer = _grpo_trainer(
-                model,
-                tokenizer,
-                examples,
-                answers,
-                recipe,
-                seed=seed,
-                device=device,
-                output_dir=scratch.name,
-            )
-        else:
-            raise BackendError(f"method {recipe.method!r}: expected 'sft' or 'grpo'")
+        trainer = _trainer(model, tokenizer, examples, answers, recipe, seed, device, scratch.name)
         # trl prints every log row to stdout when progress bars are off; the curve is kept below.
         trainer.remove_callback(transformers.PrinterCallback)
         trainer.train()
@@ -231,6 +200,48 @@ def train_adapter(
         json.dumps({"recipe": asdict(recipe), **asdict(result)}, indent=2, default=str)
     )
     return result
+
+
+def _trainer(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    answers: Sequence[str] | None,
+    recipe: LoraRecipe,
+    seed: int,
+    device: str,
+    output_dir: str,
+) -> Any:
+    """trl's trainer for the recipe's method (``sft`` or ``grpo``), not yet trained."""
+    if recipe.method == "grpo":
+        return _grpo_trainer(
+            model,
+            tokenizer,
+            examples,
+            answers,
+            recipe,
+            seed=seed,
+            device=device,
+            output_dir=output_dir,
+        )
+    if recipe.method != "sft":
+        raise BackendError(f"method {recipe.method!r}: expected 'sft' or 'grpo'")
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
+    args = SFTConfig(
+        **_common_args(recipe, len(rows), seed=seed, device=device, output_dir=output_dir),
+        max_length=recipe.max_length,
+        completion_only_loss=True,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=_peft_config(recipe),
+    )
 
 
 def _grpo_trainer(
