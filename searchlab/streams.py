@@ -113,7 +113,7 @@ def simulate_stream(
         onset = max(round(h * (0.3 + 0.25 * u_onset)), warmup + 5)
     if variant is None:
         variant = _NULL_VARIANTS[min(int(u_variant * 3), 2)]
-    d_lock, a_p, a_g, b_g = 0.6, 1.2, 0.6, 0.5
+    d_lock, a_p = _D_LOCK, _A_P
     opens = kind != "null" or variant != "linear_locked"
 
     # optimiser path
@@ -129,23 +129,7 @@ def simulate_stream(
     hack = np.clip(hack, 0.0, d_avail)
     z = (gen - g_max) + a_p * (hack - d_lock)  # dev logit relative to the reached level
 
-    def hump(d: np.ndarray) -> np.ndarray:
-        return d * (a_g - b_g * d)
-
-    below, above = np.minimum(z, 0.0), np.maximum(z, 0.0)
-    if kind == "decline":
-        link = s_gen * below + hump(d_lock + above / a_p) - hump(np.asarray(d_lock))
-    elif kind == "plateau":
-        link = s_gen * below
-    elif kind == "decline_mixed":
-        link = s_gen * (gen - g_max) + hump(hack) - hump(np.asarray(d_lock))
-    elif variant == "concave":
-        span = g_max + a_p * d_lock  # warm-up range of the dev logit
-        w = (z + span) / span  # 0 at the bottom of the range, 1 at the reached level
-        conc = (1.0 - np.exp(-kappa * w)) / (1.0 - math.exp(-kappa))
-        link = s_gen * span * (conc - 1.0)
-    else:
-        link = s_gen * below + (a_g / a_p) * above
+    link = _link(kind, variant, z, gen, hack, g_max=g_max, s_gen=s_gen, kappa=kappa)
     ext_logit = top_ext + link + 0.05 * z_unseen + 0.05 * z_seed
 
     from scipy import special, stats
@@ -154,6 +138,44 @@ def simulate_stream(
     ext_obs = stats.binom.ppf(u_binom, 1000, special.expit(ext_logit)) / 1000.0
     ext_obs = np.maximum(np.floor(ext_obs * 100.0 + 1e-9) / 100.0, 0.01)
     return dev.astype(float), ext_obs.astype(float), (None if kind == "null" else int(onset))
+
+
+# The reference weak domain: dev logit gain a_p per unit of hack distance, external hump
+# d (a_g - b_g d), and the hack distance the optimiser is held to before the onset.
+_A_P, _A_G, _B_G, _D_LOCK = 1.2, 0.6, 0.5, 0.6
+
+
+def _link(
+    kind: str,
+    variant: str,
+    z: np.ndarray,
+    gen: np.ndarray,
+    hack: np.ndarray,
+    *,
+    g_max: float,
+    s_gen: float,
+    kappa: float,
+) -> np.ndarray:
+    """External's logit relative to its reached level, for dev logit ``z`` (relative too), the
+    skill and hack coordinates ``gen`` and ``hack`` (all shape ``(h,)``): the forms of
+    :func:`simulate_stream`."""
+
+    def hump(d: np.ndarray) -> np.ndarray:
+        return d * (_A_G - _B_G * d)
+
+    below, above = np.minimum(z, 0.0), np.maximum(z, 0.0)
+    if kind == "decline":
+        return s_gen * below + hump(_D_LOCK + above / _A_P) - hump(np.asarray(_D_LOCK))
+    if kind == "plateau":
+        return s_gen * below
+    if kind == "decline_mixed":
+        return s_gen * (gen - g_max) + hump(hack) - hump(np.asarray(_D_LOCK))
+    if variant == "concave":
+        span = g_max + _A_P * _D_LOCK  # warm-up range of the dev logit
+        w = (z + span) / span  # 0 at the bottom of the range, 1 at the reached level
+        conc = (1.0 - np.exp(-kappa * w)) / (1.0 - math.exp(-kappa))
+        return s_gen * span * (conc - 1.0)
+    return s_gen * below + (_A_G / _A_P) * above
 
 
 def _run_monitor(
