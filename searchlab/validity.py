@@ -607,11 +607,37 @@ class ValidityTest:
         untestable = ValidityResult(1.0, threshold, nan, nan, nan, n, False, kappa)
         if n < st.min_pairs:
             return untestable
-        x = dev / self.scale
+        log_es, best = self._per_knot(dev / self.scale, external, kappa, direction)
+        if best is None:
+            return untestable
+        statistic = _knot_average(log_es)
+        _, d_hat, b_hat, knot, half = best
+        s_hat = d_hat if st.hinge_form == "local" else d_hat + kappa * b_hat
+        fired = statistic >= threshold and direction * d_hat > 0.0
+        return ValidityResult(
+            statistic=statistic,
+            threshold=threshold,
+            slope_high=s_hat / self.scale,
+            slope_low=b_hat / self.scale,
+            knot=float(knot),
+            n_pairs=n,
+            fired=bool(fired),
+            tracking=kappa,
+            slope_high_ci95=((s_hat - half) / self.scale, (s_hat + half) / self.scale),
+        )
+
+    def _per_knot(
+        self, x: np.ndarray, external: np.ndarray, kappa: float, direction: int
+    ) -> tuple[list[float], tuple[float, float, float, float, float] | None]:
+        """Each knot's log e-value, and the dominant knot's ``(log E_k, delta_hat, b_hat, knot,
+        half-width of the 95 % interval of s)`` (None when no knot could be fitted).
+
+        ``x``: standardised dev, shape ``(n,)``; ``external``: shape ``(n,)``.
+        """
+        st = self.settings
         log_es: list[float] = []
-        # (log E_k, delta_hat, b_hat, knot, half-width of s's interval)
         best: tuple[float, float, float, float, float] | None = None
-        for knot in self.knots:
+        for knot in self.knots or ():
             k_std = knot / self.scale
             fit = None
             if int(np.count_nonzero(x > k_std)) >= st.min_above:
@@ -627,28 +653,16 @@ class ValidityTest:
 
                 half = float(stats.t.ppf(0.975, nu)) * math.sqrt(v_s * rss / nu)
                 best = (log_e, d_hat, b_hat, knot, half)
-        if best is None:
-            return untestable
-        top = max(log_es)  # log of the knot average, computed stably
-        if top == -math.inf:
-            statistic = 0.0
-        else:
-            log_stat = top + math.log(sum(math.exp(le - top) for le in log_es) / len(log_es))
-            statistic = math.exp(min(log_stat, _LOG_MAX))
-        _, d_hat, b_hat, knot, half = best
-        s_hat = d_hat if st.hinge_form == "local" else d_hat + kappa * b_hat
-        fired = statistic >= threshold and direction * d_hat > 0.0
-        return ValidityResult(
-            statistic=statistic,
-            threshold=threshold,
-            slope_high=s_hat / self.scale,
-            slope_low=b_hat / self.scale,
-            knot=float(knot),
-            n_pairs=n,
-            fired=bool(fired),
-            tracking=kappa,
-            slope_high_ci95=((s_hat - half) / self.scale, (s_hat + half) / self.scale),
-        )
+        return log_es, best
+
+
+def _knot_average(log_es: list[float]) -> float:
+    """The average of the knots' e-values from their logs, computed stably and capped."""
+    top = max(log_es)
+    if top == -math.inf:
+        return 0.0
+    log_stat = top + math.log(sum(math.exp(le - top) for le in log_es) / len(log_es))
+    return math.exp(min(log_stat, _LOG_MAX))
 
 
 @dataclass
