@@ -259,37 +259,12 @@ def calibrate(
     """
     settings = settings or DetectorSettings()
     start_time = time.perf_counter()
-    null_alarm: dict[str, list[bool]] = {v: [] for v in _NULL_VARIANTS}
-    detections: dict[str, list[int | None]] = {"decline": [], "plateau": [], "decline_mixed": []}
-    pre_onset = 0
-    for i in range(streams):
-        variant = _NULL_VARIANTS[i % len(_NULL_VARIANTS)]
-        for kind in _STREAM_KINDS:
-            rng = np.random.default_rng([seed, i])
-            dev, ext, onset = simulate_stream(
-                kind, horizon=horizon, rng=rng, warmup=warmup, variant=variant
-            )
-            if kind == "null":
-                first, _ = _run_monitor(dev, ext, settings, warmup, stop_after=0)
-                null_alarm[variant].append(first is not None)
-                continue
-            if onset is None:  # pragma: no cover - non-null kinds always have an onset
-                raise RuntimeError("simulate_stream returned no onset")
-            first, alarm = _run_monitor(dev, ext, settings, warmup, stop_after=onset)
-            if kind == "decline":
-                pre_onset += first is not None and first <= onset
-            detections[kind].append(None if alarm is None else alarm - onset)
-
+    null_alarm, detections, pre_onset = _run_streams(streams, horizon, warmup, settings, seed)
     n_false = sum(sum(v) for v in null_alarm.values())
 
-    def rate(values: list[int | None]) -> tuple[float, list[float], float | None]:
-        hits = [d for d in values if d is not None]
-        med = float(np.median(hits)) if hits else None
-        return len(hits) / max(len(values), 1), _clopper_pearson(len(hits), len(values)), med
-
-    det_rate, det_ci, det_delay = rate(detections["decline"])
-    pla_rate, pla_ci, pla_delay = rate(detections["plateau"])
-    mix_rate, mix_ci, mix_delay = rate(detections["decline_mixed"])
+    det_rate, det_ci, det_delay = _rate(detections["decline"])
+    pla_rate, pla_ci, pla_delay = _rate(detections["plateau"])
+    mix_rate, mix_ci, mix_delay = _rate(detections["decline_mixed"])
     return {
         "false_alarm_rate": n_false / streams,
         "false_alarm_ci95": _clopper_pearson(n_false, streams),
@@ -319,3 +294,40 @@ def calibrate(
         "settings": settings.to_dict(),
         "seconds": time.perf_counter() - start_time,
     }
+
+
+def _run_streams(
+    streams: int, horizon: int, warmup: int, settings: DetectorSettings, seed: int
+) -> tuple[dict[str, list[bool]], dict[str, list[int | None]], int]:
+    """Every stream of :func:`calibrate`: per null variant whether each alarmed; per
+    alternative kind each stream's delay (None: no detection); decline streams alarmed before
+    the onset."""
+    null_alarm: dict[str, list[bool]] = {v: [] for v in _NULL_VARIANTS}
+    detections: dict[str, list[int | None]] = {"decline": [], "plateau": [], "decline_mixed": []}
+    pre_onset = 0
+    for i in range(streams):
+        variant = _NULL_VARIANTS[i % len(_NULL_VARIANTS)]
+        for kind in _STREAM_KINDS:
+            rng = np.random.default_rng([seed, i])
+            dev, ext, onset = simulate_stream(
+                kind, horizon=horizon, rng=rng, warmup=warmup, variant=variant
+            )
+            if kind == "null":
+                first, _ = _run_monitor(dev, ext, settings, warmup, stop_after=0)
+                null_alarm[variant].append(first is not None)
+                continue
+            if onset is None:  # pragma: no cover - non-null kinds always have an onset
+                raise RuntimeError("simulate_stream returned no onset")
+            first, alarm = _run_monitor(dev, ext, settings, warmup, stop_after=onset)
+            if kind == "decline":
+                pre_onset += first is not None and first <= onset
+            detections[kind].append(None if alarm is None else alarm - onset)
+
+    return null_alarm, detections, pre_onset
+
+
+def _rate(values: list[int | None]) -> tuple[float, list[float], float | None]:
+    """Detection rate, its exact 95 % interval and the median delay of the detections."""
+    hits = [d for d in values if d is not None]
+    med = float(np.median(hits)) if hits else None
+    return len(hits) / max(len(values), 1), _clopper_pearson(len(hits), len(values)), med
