@@ -349,6 +349,33 @@ def power(
     return {"settings": settings, "instances": out}
 
 
+def _peer_power(
+    detector: Callable[..., int | None], threshold: float, alts: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """One peer's power on the alternative studies, per instance and weak domain: ``detected``
+    (a weak-domain alarm from a submission before the last round), ``studies``, ``delays``
+    (candidates after the onset), ``rate`` and ``median_delay``."""
+    from statistics import median
+
+    table: dict[str, dict[str, Any]] = {}
+    for study in alts:
+        spec = ALTERNATIVE_INSTANCES[_base_instance(study["instance"])]
+        for d in spec["options"]["weak_domains"]:
+            s = study["streams"][d]
+            cell = table.setdefault(
+                f"{study['instance']}/{d}", {"detected": 0, "studies": 0, "delays": []}
+            )
+            cell["studies"] += 1
+            pair = detector(s["x"], s["y"], s["warm"], threshold=threshold)
+            if pair is not None and s["rounds"][pair - 1] < study["last"]:
+                cell["detected"] += 1
+                cell["delays"].append((s["rounds"][pair - 1] + 1) * study["k"] - spec["onset"])
+    for cell in table.values():
+        cell["rate"] = cell["detected"] / cell["studies"]
+        cell["median_delay"] = median(cell["delays"]) if cell["delays"] else None
+    return table
+
+
 def _streams(record: Any) -> dict[str, dict[str, Any]]:
     """Per domain, the pairs as the validity test received them: ``x`` (the dev fixed at
     entry), ``y`` (external), ``rounds`` (each pair's submission round) and ``warm`` (warm-up
@@ -388,7 +415,6 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
         per peer, ``threshold``, ``null_studies_with_alarm``, ``null_studies`` and ``power``
         (per instance and weak domain: ``detected``, ``studies``, ``rate``, ``median_delay``).
     """
-    from statistics import median
 
     from searchlab.peers import PEERS
     from searchlab.store import Storage
@@ -431,22 +457,7 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
             if counts[t] <= target:
                 chosen = t
                 break
-        table: dict[str, dict[str, Any]] = {}
-        for study in alts:
-            spec = ALTERNATIVE_INSTANCES[_base_instance(study["instance"])]
-            for d in spec["options"]["weak_domains"]:
-                s = study["streams"][d]
-                cell = table.setdefault(
-                    f"{study['instance']}/{d}", {"detected": 0, "studies": 0, "delays": []}
-                )
-                cell["studies"] += 1
-                pair = detector(s["x"], s["y"], s["warm"], threshold=chosen)
-                if pair is not None and s["rounds"][pair - 1] < study["last"]:
-                    cell["detected"] += 1
-                    cell["delays"].append((s["rounds"][pair - 1] + 1) * study["k"] - spec["onset"])
-        for cell in table.values():
-            cell["rate"] = cell["detected"] / cell["studies"]
-            cell["median_delay"] = median(cell["delays"]) if cell["delays"] else None
+        table = _peer_power(detector, chosen, alts)
         peers[peer] = {
             "threshold": float(chosen),
             "null_studies_with_alarm": counts[chosen],
