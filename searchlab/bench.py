@@ -401,25 +401,30 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
             artefacts.append(artefact)
             mean_dev.append(sum(weights[d] * dev[d][0] for d in domains))
         left = min(per_round, config.external.total - len(external))
-        if left <= 0:
-            continue
-        fit()
-        p = model.predict(np.array([space.encode(rc) for rc in recipes]))
-        # Modelled external where there is a model, modelled dev before two external scores.
-        value = p["ext_mean"] if model.two_task else p["dev_mean"]
-        open_ = [n for n in np.argsort(-value) if int(n) not in external]
-        for n in open_[:left]:
-            ext = backend.submit_external(artefacts[n], submission=len(external))
-            external[int(n)] = sum(weights[d] * ext[d] for d in domains)
-    if not external:  # no budget at all: the best modelled dev
-        best = artefacts[int(np.argmax(model.predict(fit())["dev_mean"]))]
-        return _regrets(config, backend, best, best)
-    submitted = [(recipes[n], v, artefacts[n]) for n, v in external.items()]
-    observed = max(submitted, key=lambda s: s[1])[2]
+        if left > 0:
+            fit()
+            for n in _best_open(model, space, recipes, external, left):
+                ext = backend.submit_external(artefacts[n], submission=len(external))
+                external[n] = sum(weights[d] * ext[d] for d in domains)
     fit()
+    if not external:  # no budget at all: the best modelled dev
+        (best,) = _best_open(model, space, recipes, {}, 1)
+        return _regrets(config, backend, artefacts[best], artefacts[best])
+    observed = max(external, key=external.__getitem__)
+    # The submitted candidate with the best modelled external (the same rule as the engine's).
     p = model.predict(np.array([space.encode(recipes[n]) for n in external]))
-    modelled = submitted[int(np.argmax(p["ext_mean"] if model.two_task else p["dev_mean"]))][2]
-    return _regrets(config, backend, modelled, observed)
+    modelled = list(external)[int(np.argmax(p["ext_mean"] if model.two_task else p["dev_mean"]))]
+    return _regrets(config, backend, artefacts[modelled], artefacts[observed])
+
+
+def _best_open(
+    model: Any, space: Any, recipes: list[dict[str, Any]], external: dict[int, float], k: int
+) -> list[int]:
+    """The ``k`` unsubmitted candidates with the best modelled external (modelled dev before
+    the model has two external scores)."""
+    p = model.predict(np.array([space.encode(rc) for rc in recipes]))
+    value = p["ext_mean"] if model.two_task else p["dev_mean"]
+    return [int(n) for n in np.argsort(-value) if int(n) not in external][:k]
 
 
 def search(
