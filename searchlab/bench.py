@@ -14,6 +14,7 @@ Each figure is the median over ``repeats`` repetitions. Ratios compare numbers f
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -357,7 +358,6 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
     from searchlab.surrogate import DomainSurrogate
 
     space = SearchSpace(config.space)
-    domains, weights = config.domain_names, config.weights
     k, per_round = config.rounds.candidates, config.external.per_round
     model = DomainSurrogate(
         dim=space.dim,
@@ -372,8 +372,7 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
 
     def fit() -> np.ndarray:
         x = np.array([space.encode(r) for r in recipes])
-        rows = list(external)
-        model.fit(x, np.array(mean_dev), x[rows], np.array([external[n] for n in rows]))
+        model.fit(x, np.array(mean_dev), x[list(external)], np.array(list(external.values())))
         return x
 
     for r in range(config.rounds.count):
@@ -394,18 +393,16 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
             )
             batch = [space.decode(row) for row in proposal.x]
         for recipe in batch:
-            number = len(recipes)
-            artefact = backend.train(recipe, candidate=number, seed=config.seed + number)
-            dev = backend.evaluate(artefact)
+            artefact, dev = _train_one(config, backend, recipe, number=len(recipes))
             recipes.append(recipe)
             artefacts.append(artefact)
-            mean_dev.append(sum(weights[d] * dev[d][0] for d in domains))
+            mean_dev.append(dev)
         left = min(per_round, config.external.total - len(external))
         if left > 0:
             fit()
             for n in _best_open(model, space, recipes, external, left):
                 ext = backend.submit_external(artefacts[n], submission=len(external))
-                external[n] = sum(weights[d] * ext[d] for d in domains)
+                external[n] = sum(config.weights[d] * ext[d] for d in config.domain_names)
     fit()
     if not external:  # no budget at all: the best modelled dev
         (best,) = _best_open(model, space, recipes, {}, 1)
@@ -417,6 +414,15 @@ def _run_mtgp(config: Any, backend: Any) -> tuple[float, float]:
     return _regrets(config, backend, artefacts[modelled], artefacts[observed])
 
 
+def _train_one(
+    config: Any, backend: Any, recipe: dict[str, Any], *, number: int
+) -> tuple[Any, float]:
+    """Trains and evaluates candidate ``number``: its artefact and weighted mean dev."""
+    artefact = backend.train(recipe, candidate=number, seed=config.seed + number)
+    dev = backend.evaluate(artefact)
+    return artefact, sum(config.weights[d] * dev[d][0] for d in config.domain_names)
+
+
 def _best_open(
     model: Any, space: Any, recipes: list[dict[str, Any]], external: dict[int, float], k: int
 ) -> list[int]:
@@ -425,6 +431,25 @@ def _best_open(
     p = model.predict(np.array([space.encode(rc) for rc in recipes]))
     value = p["ext_mean"] if model.two_task else p["dev_mean"]
     return [int(n) for n in np.argsort(-value) if int(n) not in external][:k]
+
+
+def _run_method(method: str, config: Any) -> tuple[float, list[str] | None, float]:
+    """One method on one seed's study: its regret, and the engine's switches
+    (``domain@candidate``; None for a peer) or a peer's best-observed regret (NaN for the
+    engine's methods)."""
+    from searchlab.backends import backend_for
+
+    backend = backend_for(config)  # config.seed is this seed
+    if method in ENGINE_METHODS:
+        cfg = config
+        if method == "dev-only":
+            policy = config.policy.model_copy(update={"switch": False})
+            cfg = config.model_copy(update={"policy": policy})
+        regret, fired = _run_engine(cfg, backend, oracle=method == "oracle")
+        return regret, fired, math.nan
+    run = _run_mtgp if method == "mtgp-external" else partial(_run_peer, method)
+    regret, best_observed = run(config, backend)
+    return regret, None, best_observed
 
 
 def search(
@@ -464,7 +489,6 @@ def search(
     """
     import warnings
 
-    from searchlab.backends import backend_for
     from searchlab.config import validate_study
 
     rows = []
@@ -482,19 +506,11 @@ def search(
                     source=f"bench {instance}",
                 )
                 for method in methods:
-                    backend = backend_for(config)  # config.seed is this seed
-                    if method in ENGINE_METHODS:
-                        if method == "dev-only":
-                            policy = config.policy.model_copy(update={"switch": False})
-                            cfg = config.model_copy(update={"policy": policy})
-                        else:
-                            cfg = config
-                        regret, fired = _run_engine(cfg, backend, oracle=method == "oracle")
+                    regret, fired, best_observed = _run_method(method, config)
+                    if fired is not None:
                         fired_by[method].append(fired)
                         note = f" alarms {','.join(fired) or 'none'}"
                     else:
-                        run = _run_mtgp if method == "mtgp-external" else partial(_run_peer, method)
-                        regret, best_observed = run(config, backend)
                         observed_by[method].append(best_observed)
                         note = f" (best observed: {best_observed:.5f})"
                     per_method[method].append(regret)

@@ -46,7 +46,6 @@ def _first_alarms(view: StudyView) -> dict[str, int]:
 def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, Any]]:
     from searchlab.backends import backend_for
     from searchlab.space import SearchSpace
-    from searchlab.surrogate import DomainSurrogate
 
     view = read(record)
     config = view.config
@@ -60,17 +59,7 @@ def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, A
     externals = {s["candidate"]: s for s in view.pairs}
     alarmed_at = _first_alarms(view)
     rows = []
-    models = {
-        (form, d): DomainSurrogate(
-            dim=space.dim,
-            simplex_groups=space.simplex_groups(),
-            resolution=config.external.resolution,
-            seed=config.seed * 100 + config.domain_names.index(d),
-            form=form,
-        )
-        for form in forms
-        for d in weak
-    }
+    models = {(form, d): _model(config, space, d, form) for form in forms for d in weak}
     for r in range(config.rounds.count):
         seen = [c for c in done if c.round <= r]
         shown = sorted(
@@ -94,7 +83,6 @@ def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, A
                     x[[index[n] for n in shown]],
                     np.array([externals[n]["scores"][d] for n in shown]),
                 )
-                p = s.predict(x[held])
                 rows.append(
                     {
                         "study": record.name,
@@ -103,12 +91,32 @@ def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, A
                         "form": str(form),
                         "phase": "after" if alarmed else "before",
                         "pairs": len(shown),
-                        "sq_error": ((p["ext_mean"] - y) ** 2).tolist(),
-                        "covered": (np.abs(p["ext_mean"] - y) <= _Z90 * p["ext_sd"]).tolist(),
+                        **_scores(s.predict(x[held]), y),
                         "fit_status": s.fit_status,
                     }
                 )
     return rows
+
+
+def _scores(p: dict[str, np.ndarray], y: np.ndarray) -> dict[str, list[Any]]:
+    """Squared errors and 90 % coverage of the posterior of external at the held-out points."""
+    return {
+        "sq_error": ((p["ext_mean"] - y) ** 2).tolist(),
+        "covered": (np.abs(p["ext_mean"] - y) <= _Z90 * p["ext_sd"]).tolist(),
+    }
+
+
+def _model(config: Any, space: Any, domain: str, form: SurrogateForm) -> Any:
+    """A domain's surrogate of the given form, seeded as the engine seeds it."""
+    from searchlab.surrogate import DomainSurrogate
+
+    return DomainSurrogate(
+        dim=space.dim,
+        simplex_groups=space.simplex_groups(),
+        resolution=config.external.resolution,
+        seed=config.seed * 100 + config.domain_names.index(domain),
+        form=form,
+    )
 
 
 def surrogate_accuracy(
