@@ -1,0 +1,61 @@
+"""Whether two stored runs of one study are the same run: every searchlab attribute (the audit
+included), every candidate's state, recipe and dev values.
+
+    python benchmarks/same_study.py sqlite:///before.db sqlite:///after.db [--study NAME]
+
+Prints what differs, or ``identical``, and exits 1 if anything differs. A refactor that claims
+"behaviour unchanged" runs one study file with the same seed before and after, then this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def snapshot(url: str, name: str | None) -> tuple[str, dict[str, Any], list[Any]]:
+    from searchlab.store import Storage
+
+    storage = Storage(url)
+    name = name or storage.names()[0]
+    record = storage.load(name)
+    candidates = [
+        (c.number, str(c.state), c.recipe, c.dev, c.error, c.proposal) for c in record.candidates()
+    ]
+    return name, json.loads(json.dumps(record.attrs, default=str)), candidates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--study", default=None, help="the study (default: the first one)")
+    args = parser.parse_args()
+    name, attrs_a, cands_a = snapshot(args.before, args.study)
+    _, attrs_b, cands_b = snapshot(args.after, name)
+    keys = sorted(set(attrs_a) | set(attrs_b))
+    differ = [k for k in keys if attrs_a.get(k) != attrs_b.get(k)]
+    for k in differ[:20]:
+        before, after = (json.dumps(x.get(k))[:200] for x in (attrs_a, attrs_b))
+        print(f"attribute {k}: {before} != {after}")
+    moved = [a[0] for a, b in zip(cands_a, cands_b, strict=False) if a != b]
+    if len(cands_a) != len(cands_b):
+        print(f"candidates: {len(cands_a)} != {len(cands_b)}")
+    if moved:
+        print(f"candidates that differ: {moved[:20]}")
+    audit = sum(k.startswith("searchlab.audit.") for k in attrs_a)
+    if differ or moved or len(cands_a) != len(cands_b):
+        return 1
+    print(
+        f"{name}: identical ({len(keys)} attributes, {audit} audit entries, {len(cands_a)} candidates)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
