@@ -51,9 +51,8 @@ def main() -> int:
     audit = sum(k.startswith("searchlab.audit.") for k in attrs_a)
     if differ or moved or len(cands_a) != len(cands_b):
         return 1
-    print(
-        f"{name}: identical ({len(keys)} attributes, {audit} audit entries, {len(cands_a)} candidates)"
-    )
+    counts = f"{len(keys)} attributes, {audit} audit entries, {len(cands_a)} candidates"
+    print(f"{name}: identical ({counts})")
     return 0
 
 
