@@ -1,5 +1,6 @@
 """Whether two stored runs of one study are the same run: every searchlab attribute (the audit
-included), every candidate's state, recipe and dev values.
+included), every candidate's state, recipe and dev values. optuna-dashboard's figures and note
+(study system attributes, written by the CLI's publisher) are not compared.
 
     python benchmarks/same_study.py sqlite:///before.db sqlite:///after.db [--study NAME]
 
@@ -18,7 +19,7 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def snapshot(url: str, name: str | None) -> tuple[str, dict[str, Any], list[Any]]:
+def snapshot(url: str, name: str | None) -> tuple[str, dict[str, Any], list[Any], int]:
     from searchlab.store import Storage
 
     storage = Storage(url)
@@ -27,7 +28,8 @@ def snapshot(url: str, name: str | None) -> tuple[str, dict[str, Any], list[Any]
     candidates = [
         (c.number, str(c.state), c.recipe, c.dev, c.error, c.proposal) for c in record.candidates()
     ]
-    return name, json.loads(json.dumps(record.attrs, default=str)), candidates
+    attrs = json.loads(json.dumps(record.attrs, default=str))
+    return name, attrs, candidates, len(record.audit_log())
 
 
 def main() -> int:
@@ -36,8 +38,8 @@ def main() -> int:
     parser.add_argument("after")
     parser.add_argument("--study", default=None, help="the study (default: the first one)")
     args = parser.parse_args()
-    name, attrs_a, cands_a = snapshot(args.before, args.study)
-    _, attrs_b, cands_b = snapshot(args.after, name)
+    name, attrs_a, cands_a, audit = snapshot(args.before, args.study)
+    _, attrs_b, cands_b, _ = snapshot(args.after, name)
     keys = sorted(set(attrs_a) | set(attrs_b))
     differ = [k for k in keys if attrs_a.get(k) != attrs_b.get(k)]
     for k in differ[:20]:
@@ -48,7 +50,6 @@ def main() -> int:
         print(f"candidates: {len(cands_a)} != {len(cands_b)}")
     if moved:
         print(f"candidates that differ: {moved[:20]}")
-    audit = sum(k.startswith("searchlab.audit.") for k in attrs_a)
     if differ or moved or len(cands_a) != len(cands_b):
         return 1
     counts = f"{len(keys)} attributes, {audit} audit entries, {len(cands_a)} candidates"

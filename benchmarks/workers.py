@@ -58,7 +58,7 @@ def _cluster() -> tuple[str, list[str], str, str]:
 def run_one(url: str, tmp: Path, delay: float, workers: int) -> dict[str, float]:
     from searchlab.config import load_study_file
     from searchlab.engine import Engine
-    from searchlab.store import Storage
+    from searchlab.store import CandidateState, Storage
 
     name = f"bench-{delay}-{workers}"
     (tmp / "slowbackend.py").write_text(SLOW_BACKEND)
@@ -107,7 +107,7 @@ def run_one(url: str, tmp: Path, delay: float, workers: int) -> dict[str, float]
     wall = time.perf_counter() - t0
     for p in procs:
         p.wait(timeout=120)
-    n = sum(1 for c in record.candidates() if c.state == "COMPLETE")
+    n = sum(1 for c in record.candidates() if c.state == CandidateState.COMPLETE)
     return {
         "delay": delay,
         "workers": workers,

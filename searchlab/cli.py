@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from searchlab.errors import SearchlabError
-from searchlab.store import Mode
+from searchlab.store import AuditKind, Mode
 
 app = typer.Typer(
     help="Bayesian search for post-training recipes that sees through a proxy.",
@@ -201,7 +201,7 @@ def _run(
 def _audit_takeover(record: Any, held: Any) -> None:
     """Records (and says) that this process took the study over from a holder that stopped."""
     fields = held.takeover_fields()
-    record.audit("lease_takeover", round=None, **fields)
+    record.audit(AuditKind.LEASE_TAKEOVER, round=None, **fields)
     err.print(
         f"took study {record.name!r} over from {held.taken_over.describe()}: {fields['reason']}",
         markup=False,

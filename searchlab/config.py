@@ -54,6 +54,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -327,12 +328,21 @@ class PolicyConfig(_Strict):
     threshold: float | None = Field(default=None, gt=1, le=1e12)
     # kappa: a domain's proxy is valid while external rises with dev, in the dev-record region,
     # at no less than this fraction of the rate just below it (plateau and fall are both below).
-    tracking: float = Field(default=0.25, gt=0, lt=1)
+    # (0 only in a stored study from before kappa: its test was "slope above >= 0"; see
+    # stored_config.)
+    tracking: float = Field(default=0.25, ge=0, lt=1)
     switch: bool = True  # False: never leave proxy mode (the dev-only baseline)
     # How each domain's GP couples external to dev (searchlab.surrogate): "icm" (one shared input
     # kernel) or "autoregressive" (external = rho * dev + its own GP).
     surrogate: SurrogateForm = SurrogateForm.ICM
     ucb_beta: float = Field(default=1.0, ge=0, le=100)
+
+    @field_validator("tracking")
+    @classmethod
+    def _tracking(cls, value: float, info: ValidationInfo) -> float:
+        if value == 0 and not (info.context or {}).get("stored"):
+            raise ValueError("Input should be greater than 0")
+        return value
 
     @field_validator("knot_quantiles")
     @classmethod
@@ -493,11 +503,15 @@ def stored_config(data: Any) -> StudyConfig:
     """A stored study's config (``StudyRecord.config_data``), validated.
 
     Raises:
-        pydantic.ValidationError: If it is not a study config this searchlab reads.
+        StudyFileError: If it is not a study config this searchlab reads (one line, naming the
+            field).
     """
     data = dict(data)
     data["policy"] = {**_STORED_BEFORE, **(data.get("policy") or {})}
-    return StudyConfig.model_validate(data)
+    try:
+        return StudyConfig.model_validate(data, context={"stored": True})
+    except ValidationError as exc:
+        raise StudyFileError("the study's stored config", *first_error(exc)) from None
 
 
 class _FieldError(ValueError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from searchlab.store import AuditKind, Mode
+from searchlab.store import AuditKind, CandidateState, Mode
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,7 +149,7 @@ def _stacked_height(v: StudyView) -> int:
 
 def _dev_external(v: StudyView) -> FigureSpec:
     c = v.tables["candidates"]
-    c = c[c["state"] == "COMPLETE"] if "state" in c else c
+    c = c[c["state"] == CandidateState.COMPLETE] if "state" in c else c
     panels = []
     for d in v.domains:
         ext = c[c[f"external.{d}"].notna()] if f"external.{d}" in c else c.iloc[:0]

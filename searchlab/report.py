@@ -27,7 +27,7 @@ from searchlab.figures import (
     to_png,
 )
 from searchlab.readmodel import StudyView, read
-from searchlab.store import AuditKind, Mode
+from searchlab.store import AuditKind, CandidateState, Mode
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,8 +137,8 @@ def _headline(v: StudyView) -> str:
     s = v.tables["submissions"]
     state = "finished" if v.finished else f"{v.rounds_done} of {v.rounds_total} rounds done"
     c = v.tables["candidates"]
-    complete = int((c["state"] == "COMPLETE").sum()) if "state" in c else 0
-    failed = int((c["state"] == "FAIL").sum()) if "state" in c else 0
+    complete = int((c["state"] == CandidateState.COMPLETE).sum()) if "state" in c else 0
+    failed = int((c["state"] == CandidateState.FAIL).sum()) if "state" in c else 0
     return (
         f"{state}; {complete} candidates evaluated ({failed} failed); external budget used "
         f"{len(s)} of {v.budget_total}; validity level alpha {_fmt(v.alpha)}"

@@ -306,6 +306,7 @@ class CandidateState(StrEnum):
     RUNNING = "RUNNING"
     COMPLETE = "COMPLETE"
     FAIL = "FAIL"
+    PRUNED = "PRUNED"  # never written by searchlab; read if another tool wrote it
 
 
 class SubmissionState(StrEnum):

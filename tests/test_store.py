@@ -297,3 +297,27 @@ def test_a_stored_study_from_before_the_submissions_rule_still_reads(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert '"finished": false' in result.stdout
     assert status(Storage(url).load("schema"))["external_budget"]["total"] == 2
+
+
+def test_a_study_stored_before_tracking_and_hinge_form_keeps_its_test(tmp_path: Path) -> None:
+    """A config stored without keys added later reads with the values the study ran with
+    (``tracking`` 0: the "slope above >= 0" test; the quadratic hinge), in status, resume and
+    re-analysis alike; a new file may not ask for ``tracking: 0``."""
+    from searchlab.config import stored_config
+    from searchlab.readmodel import read
+    from searchlab.validity import HingeForm
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    record = Storage(url, create=True).create(_config())
+    old = dict(record.config_data)
+    old["policy"] = {k: v for k, v in old["policy"].items() if k not in ("tracking", "hinge_form")}
+    record.study.set_user_attr(f"{PREFIX}config", old)  # as an older searchlab stored it
+    view = read(Storage(url).load("schema"))
+    assert view.settings.tracking == 0.0 and view.settings.hinge_form == HingeForm.QUAD
+    assert stored_config(old).policy.tracking == 0.0
+    result = run_cli("study", "status", "schema", "--storage", url, "--json")
+    assert result.returncode == 0, result.stderr
+    new = _config().model_dump(mode="json")
+    new["policy"]["tracking"] = 0.0
+    with pytest.raises(StudyFileError, match=r"policy\.tracking"):
+        validate_study(new, source="new")
