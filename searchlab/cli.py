@@ -701,6 +701,53 @@ def validity_merge(
     out.print(f"copied {len(copied)} studies", markup=False)
 
 
+@app.command("monitor")
+def monitor(
+    log_file: Annotated[str, typer.Argument(help="The score log: .csv or .jsonl.")],
+    domains: Annotated[
+        str | None, typer.Option(help="Comma-separated domains (default: every dev.<domain>).")
+    ] = None,
+    warmup: Annotated[
+        int, typer.Option(min=2, help="Candidates whose dev fixes the knots; checks start after.")
+    ] = 8,
+    alpha: Annotated[float, typer.Option(help="False-alarm level over all domains.")] = 0.05,
+    threshold: ThresholdOpt = None,
+    tracking: TrackingOpt = None,
+    hinge_form: HingeFormOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """The validity test on any log of candidates: per domain, whether dev still tracks
+    external, when that stopped, and the evidence. Columns dev.<domain>, external.<domain>
+    (empty where not measured), optional candidate; rows in the order they happened."""
+    from searchlab.monitor import monitor_log, read_log
+    from searchlab.validity import DetectorSettings
+
+    if not 0 < alpha < 1:
+        raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
+    chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
+    log = read_log(log_file, domains=chosen)
+    given = _replay_settings(threshold, tracking, hinge_form)
+    settings = DetectorSettings(
+        alpha=alpha,
+        n_domains=len(log.domains),
+        threshold_override=given["threshold"],
+        **{k: v for k, v in given.items() if k != "threshold" and v is not None},
+    )
+    result = monitor_log(log, settings=settings, warmup=warmup)
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for d, v in result["domains"].items():
+        fired = next((s for s in v["switches"] if s["to_mode"] == Mode.DECOUPLED), None)
+        when = (
+            f"fired after candidate {fired['candidate']} (pair {fired['pair']}, E "
+            f"{_fmt(fired['statistic'])} >= {_fmt(fired['threshold'])})"
+            if fired
+            else f"largest E {_fmt(v['max_statistic'])} of threshold {_fmt(settings.threshold)}"
+        )
+        out.print(f"{d}: {v['verdict']} ({v['pairs']} pairs; {when})", markup=False)
+
+
 @validity_app.command("replay")
 def validity_replay(
     storage: StorageOpt = None,

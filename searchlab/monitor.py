@@ -1,0 +1,217 @@
+"""The validity monitor on any score log: no search, no back end, no study.
+
+A loop that searchlab does not own (an agent editing a recipe, a cluster launcher, months of
+past runs) has a log of candidates in the order they happened, each with per-domain dev scores
+and some with external scores. :func:`read_log` reads one (CSV or JSON lines: columns
+``dev.<domain>`` and ``external.<domain>``, optionally ``candidate``); :func:`monitor_log` runs
+each domain's validity test (:class:`~searchlab.validity.ValidityTest` and
+:class:`~searchlab.validity.DomainMonitor`) as the engine does: knots fixed from the first
+``warmup`` candidates' dev, then one check per candidate with a new external score, on all the
+(dev, external) pairs so far, switching to decoupled when the test fires and back when the
+return test does.
+
+A limit, stated: the test wants each pair's dev fixed when it enters and not chosen by its own
+value. A log gives the observed dev, and a loop that submits its best-dev candidates picks them
+by that dev (winner's curse: their dev is biased up, which looks like external lagging dev).
+The engine avoids it with a dev-only GP over recipes; a log has no recipes to model, so the
+verdict on a log whose submissions were chosen by dev is more alarm-prone than the study
+threshold's calibration says.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from searchlab.errors import SearchlabError
+from searchlab.store import Mode
+from searchlab.validity import DetectorSettings, DomainMonitor, ValidityTest
+
+__all__ = ["LogError", "ScoreLog", "monitor_log", "read_log"]
+
+
+class LogError(SearchlabError):
+    """A score log that cannot be read: no such file, an unknown format, a bad cell."""
+
+
+@dataclass(frozen=True)
+class ScoreLog:
+    """Candidates in the order they happened.
+
+    Attributes:
+        source: Where the log came from (for messages).
+        domains: The domains, in the order their columns first appear.
+        candidates: Each candidate's id (the ``candidate`` column, else its 1-based row).
+        dev: Per domain, the dev score of every candidate, shape ``(n,)``.
+        external: Per domain, the external score where measured, NaN elsewhere, shape ``(n,)``.
+    """
+
+    source: str
+    domains: list[str]
+    candidates: list[str]
+    dev: dict[str, np.ndarray]
+    external: dict[str, np.ndarray]
+
+
+def read_log(path: str | Path, *, domains: list[str] | None = None) -> ScoreLog:
+    """Reads a score log: ``.csv``, or ``.jsonl`` / ``.ndjson`` (one JSON object a line).
+
+    Every candidate needs a finite ``dev.<domain>`` in [0, 1] for each domain; an empty
+    ``external.<domain>`` means "not measured".
+
+    Args:
+        path: The file.
+        domains: The domains to monitor (default: every ``dev.<domain>`` column).
+
+    Raises:
+        LogError: One line naming the file, the row and the column.
+    """
+    path = Path(path)
+    rows = _rows(path)
+    if not rows:
+        raise LogError(f"{path}: no candidates in the log")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    found = [c.removeprefix("dev.") for c in columns if c.startswith("dev.")]
+    if not found:
+        raise LogError(f"{path}: no dev.<domain> column (columns: {columns[:10]})")
+    chosen = list(domains or found)
+    unknown = [d for d in chosen if d not in found]
+    if unknown:
+        raise LogError(f"{path}: no column dev.{unknown[0]} (domains in the log: {found})")
+    dev = {d: np.empty(len(rows)) for d in chosen}
+    ext = {d: np.full(len(rows), math.nan) for d in chosen}
+    ids = []
+    for i, row in enumerate(rows):
+        where = f"{path}: row {i + 1}"
+        ids.append(str(row.get("candidate") or i + 1))
+        for d in chosen:
+            dev[d][i] = _score(row.get(f"dev.{d}"), f"{where}, dev.{d}", required=True)
+            ext[d][i] = _score(row.get(f"external.{d}"), f"{where}, external.{d}", required=False)
+    return ScoreLog(source=str(path), domains=chosen, candidates=ids, dev=dev, external=ext)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LogError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogError(f"{path}: cannot be read: {exc}") from None
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LogError(f"{path}: line {i + 1}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise LogError(f"{path}: line {i + 1}: expected a JSON object")
+            rows.append(row)
+        return rows
+    raise LogError(f"{path}: unknown format {suffix or '(none)'!r}: use .csv or .jsonl")
+
+
+def _score(value: Any, where: str, *, required: bool) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise LogError(f"{where}: missing")
+        return math.nan
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise LogError(f"{where}: not a number ({str(value)[:40]!r})") from None
+    if not 0.0 <= x <= 1.0:  # NaN fails this too
+        raise LogError(f"{where}: {x!r} is not a score in [0, 1]")
+    return x
+
+
+def monitor_log(
+    log: ScoreLog, *, settings: DetectorSettings | None = None, warmup: int = 8
+) -> dict[str, Any]:
+    """Runs every domain's validity monitor over the log.
+
+    Args:
+        log: The candidates, in order.
+        settings: The test's settings (default: :class:`DetectorSettings` for the log's
+            domains, threshold ``n_domains / alpha``).
+        warmup: Knots are fixed from the first ``warmup`` candidates' dev; checks start after.
+
+    Returns:
+        A JSON-safe dict: ``source``, ``candidates``, ``warmup``, ``settings`` and ``domains``:
+        per domain, ``verdict`` (``decoupled``: the test fired and the domain did not return;
+        ``valid``: it was tested and did not fire; ``untested``: fewer than the test's minimum
+        pairs), ``pairs``, ``switches`` (each ``candidate``, ``pair``, ``to_mode``,
+        ``statistic``, ``threshold``), ``max_statistic`` and ``last`` (the evidence of the last
+        check: statistic, threshold, rates above and below the knot, knot).
+
+    Raises:
+        LogError: Fewer candidates than the warm-up, or a warm-up whose dev does not vary.
+    """
+    n = len(log.candidates)
+    if not 2 <= warmup < n:
+        raise LogError(f"{log.source}: warm-up {warmup} needs at least {warmup + 1} candidates")
+    settings = settings or DetectorSettings(n_domains=len(log.domains))
+    return {
+        "source": log.source,
+        "candidates": n,
+        "warmup": warmup,
+        "settings": settings.to_dict(),
+        "domains": {d: _monitor_domain(log, d, settings, warmup) for d in log.domains},
+    }
+
+
+def _monitor_domain(
+    log: ScoreLog, domain: str, settings: DetectorSettings, warmup: int
+) -> dict[str, Any]:
+    dev, ext = log.dev[domain], log.external[domain]
+    test = ValidityTest(settings=settings)
+    try:
+        test.fix_knots(dev[:warmup])
+    except ValueError as exc:
+        raise LogError(f"{log.source}: domain {domain}: {exc}") from None
+    monitor = DomainMonitor(domain=domain)
+    paired = np.isfinite(ext)
+    switches: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    top: float | None = None  # the alarm test's largest statistic
+    for i in range(warmup, len(dev)):
+        if not paired[i]:
+            continue
+        rows = paired[: i + 1]
+        result, event = monitor.check(test, dev[: i + 1][rows], ext[: i + 1][rows])
+        last = result.to_dict()
+        if monitor.history[-1]["test"] == "alarm" and last["statistic"] is not None:
+            top = max(top or 0.0, last["statistic"])
+        if event is not None:
+            switches.append(
+                {
+                    "candidate": log.candidates[i],
+                    "pair": int(rows.sum()),
+                    "to_mode": str(event),
+                    "statistic": last["statistic"],
+                    "threshold": last["threshold"],
+                }
+            )
+    pairs = int(paired.sum())
+    if monitor.mode == Mode.DECOUPLED:
+        verdict = "decoupled"
+    else:
+        verdict = "valid" if pairs >= settings.min_pairs and last else "untested"
+    return {
+        "verdict": verdict,
+        "pairs": pairs,
+        "switches": switches,
+        "max_statistic": top,
+        "last": last,
+    }
