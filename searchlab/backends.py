@@ -50,13 +50,29 @@ Artefact = dict[str, Any]
 class Backend(Protocol):
     """What searchlab needs from a back end.
 
+    It is constructed once per process as ``Class(domains=[...], weights={domain: w},
+    seed=int, **options)`` (``options``: the study file's ``backend.options``; raise
+    :class:`~searchlab.errors.BackendError` naming a bad one), by ``study create``, ``resume``,
+    ``coordinator``, each ``worker`` and ``study validate``. A ``module:Class`` name must be
+    importable by the process: its package installed, or its folder on ``PYTHONPATH``.
+
     Optional methods, used when present:
 
+    - ``check_recipe(recipe) -> None``: raises :class:`~searchlab.errors.BackendError` for a
+      recipe the back end cannot train (an unknown key, say). ``study validate`` calls it on one
+      recipe of the search space, so a key the back end does not know fails there and not in
+      round 0.
+    - ``preflight() -> list[str]``: what would stop a run that construction does not check
+      (model or data files not there yet); ``study validate`` prints each as a warning.
     - ``recover_external(artefact, *, submission) -> Mapping[str, float] | None``: the score of a
       submission that was sent but whose answer was lost (a crash between sending and storing).
       Without it, such a submission is recorded as lost and never re-sent.
     - ``true_external(artefact) -> Mapping[str, float]`` and ``optimum() -> float``: the truth,
       for back ends that know it (simulations); used for regret in status and benchmarks.
+      ``true_external`` may get a stand-in artefact ``{"recipe": ..., "candidate": n}`` (a
+      candidate whose artefact was not stored); ``optimum`` is called at every recommendation,
+      with no arguments, and is the best weighted external under the study's weights: compute
+      it once and keep it.
     """
 
     def train(self, recipe: Mapping[str, Any], *, candidate: int, seed: int) -> Artefact:
@@ -214,7 +230,12 @@ def import_object(path: str) -> Any:
         raise BackendError(f"backend.name {path!r}: expected a built-in name or 'module:Class'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # an ImportError, or the module raising while it loads
+    except ModuleNotFoundError as exc:
+        raise BackendError(
+            f"backend.name {path!r}: cannot import {module_name!r}: {exc}; install its package "
+            "or put its folder on PYTHONPATH"
+        ) from None
+    except Exception as exc:  # the module raising while it loads
         raise BackendError(
             f"backend.name {path!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
         ) from None

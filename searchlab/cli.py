@@ -426,6 +426,12 @@ def study_validate(
     # Constructs only what the loader allows: a 'module:Class' without the opt-in is refused
     # before its module is imported.
     backend = _load_backend(config, _trust(trust_backend))
+    check = getattr(backend, "check_recipe", None)
+    if check is not None:  # one recipe of the space through the back end, before any run
+        from searchlab.space import SearchSpace
+
+        (recipe,) = SearchSpace(config.space).quasi_random(1, seed=config.seed)
+        check(recipe)
     # A back end may report what only a run would find (data or model files not there yet).
     for problem in getattr(backend, "preflight", list)():
         out.print(f"warning: {problem}", soft_wrap=True, markup=False)

@@ -305,6 +305,20 @@ def test_study_files_validate() -> None:
     assert all(f in FAMILIES for f in ("cipher", "equations"))
 
 
+def test_validate_maps_a_recipe_through_the_back_end(tmp_path: Path) -> None:
+    """A search key the back end does not know fails `study validate`, not round 0."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    data = yaml.safe_load((root / "tiny-reasoning.yaml").read_text())
+    data["space"]["lora_rnak"] = {"type": "int", "low": 2, "high": 8}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli("study", "validate", str(path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "recipe key 'lora_rnak'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_model_by_hub_id_from_the_local_cache_only(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -222,6 +222,11 @@ class PostTrainingBackend:
             "template_share_<domain>"
         )
 
+    def check_recipe(self, recipe: Mapping[str, Any]) -> None:
+        """Raises :class:`BackendError` for a recipe this back end cannot train (``study
+        validate`` calls it on one recipe of the search space)."""
+        self.parse_recipe(recipe)
+
     def parse_recipe(
         self, recipe: Mapping[str, Any]
     ) -> tuple[LoraRecipe, dict[str, float], dict[str, float]]:
