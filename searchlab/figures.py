@@ -143,6 +143,12 @@ def _stat(x: Any) -> float | None:
     return None if is_missing(x) else max(float(x), 1e-3)
 
 
+def domain_checks(v: StudyView, domain: str) -> pd.DataFrame:
+    """The rows of the ``checks`` table of one domain."""
+    checks = v.tables["checks"]
+    return checks if checks.empty else checks[checks["domain"] == domain]
+
+
 def _stacked_height(v: StudyView) -> int:
     return max(320, 220 * max(len(v.domains), 1))
 
@@ -198,10 +204,9 @@ def _dev_external(v: StudyView) -> FigureSpec:
 
 
 def _validity(v: StudyView) -> FigureSpec:
-    checks = v.tables["checks"]
     panels = []
     for d in v.domains:
-        ch = checks if checks.empty else checks[checks["domain"] == d]
+        ch = domain_checks(v, d)
         traces = [
             Trace(
                 "lines",

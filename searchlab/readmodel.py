@@ -260,8 +260,6 @@ class StudyView:
         ``domain``, ``mode`` (after the check), ``statistic``, ``threshold``, ``fired``,
         ``n_pairs`` (pairs the test used), ``slope_high``, ``slope_low``, ``knot``.
         """
-        import pandas as pd
-
         out = {
             "candidates": _frame(self._candidate_rows(), ["number", "round", "state"]),
             "decisions": self._decisions(),
@@ -275,7 +273,7 @@ class StudyView:
             ),
         }
         # Integer columns with gaps stay integers (nullable), not floats: 3, not 3.0.
-        return {k: v.convert_dtypes() for k, v in out.items() if isinstance(v, pd.DataFrame)}
+        return {k: v.convert_dtypes() for k, v in out.items()}
 
     def _external_cells(self, scores: dict[str, Any] | None) -> dict[str, float]:
         scores = scores or {}
@@ -286,6 +284,7 @@ class StudyView:
 
     def _candidate_rows(self) -> list[dict[str, Any]]:
         by_candidate = {s["candidate"]: s for s in self.submissions}
+        weights = self.weights
         rows = []
         for c in self.candidates:
             row: dict[str, Any] = {
@@ -298,7 +297,6 @@ class StudyView:
             row.update({f"recipe.{k}": _cell(v) for k, v in c.recipe.items()})
             for d in self.domains:
                 row[f"dev.{d}"] = c.dev.get(d, math.nan)
-            weights = self.weights
             row["mean_dev"] = (
                 sum(weights[d] * c.dev[d] for d in self.domains) if c.dev else math.nan
             )

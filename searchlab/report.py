@@ -20,6 +20,7 @@ from searchlab.export import check_output_dir, open_output, refuse_symlinks
 from searchlab.figures import (
     FIGURES,
     PNG_NAMES,
+    domain_checks,
     figures,
     is_missing,
     specs,
@@ -30,7 +31,6 @@ from searchlab.readmodel import StudyView, read
 from searchlab.store import AuditKind, CandidateState, Mode
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from searchlab.store import StudyRecord
 
@@ -58,20 +58,13 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _checks(v: StudyView, domain: str) -> pd.DataFrame:
-    ch = v.tables["checks"]
-    if ch.empty:
-        return ch
-    return ch[ch["domain"] == domain]
-
-
 # -- text -------------------------------------------------------------------------------------
 
 
 def _domain_rows(v: StudyView) -> list[dict[str, str]]:
     rows = []
     for d in v.domains:
-        ch = _checks(v, d)
+        ch = domain_checks(v, d)
         last = ch.iloc[-1] if len(ch) else None
         sw = [s for s in v.switches if s["domain"] == d]
         rows.append(

@@ -759,9 +759,7 @@ class DomainMonitor:
         result, event = self.check(test, dev, external)
         if event is None or switch:
             return result, event, None
-        restored = DomainMonitor.from_dict(before)
-        self.mode, self.switched_at_pair = restored.mode, restored.switched_at_pair
-        self.checks_since_switch, self.history = restored.checks_since_switch, restored.history
+        self.__dict__.update(vars(DomainMonitor.from_dict(before)))
         return result, None, event
 
     def to_dict(self) -> dict[str, Any]:
