@@ -88,10 +88,11 @@ class Backend(Protocol):
         ...
 
 
-def _check_scores(
+def check_scores(
     raw: Any, domains: list[str], *, what: str, candidate: int
 ) -> dict[str, tuple[float, int | None]]:
-    """Validates a back end's per-domain scores: every domain, finite, within [0, 1]."""
+    """Validates per-domain scores (a back end's, or a caller's): every domain, finite,
+    within [0, 1], each a number or ``(accuracy, n)``; ``what`` names them in messages."""
     if not isinstance(raw, Mapping):
         raise BackendError(
             f"candidate {candidate}: {what} returned {type(raw).__name__}, expected a mapping"
@@ -108,6 +109,18 @@ def _check_scores(
                     f"candidate {candidate}: {what}[{domain!r}] must be a number or (accuracy, n)"
                 )
             value, n = value
+            whole = (
+                isinstance(n, int | float)
+                and not isinstance(n, bool)
+                and math.isfinite(n)
+                and n >= 1
+                and n == int(n)
+            )
+            if not whole:
+                raise BackendError(
+                    f"candidate {candidate}: {what}[{domain!r}] has item count {n!r}, expected "
+                    "a whole number of at least 1"
+                )
             n = int(n)
         try:
             score = float(value)
@@ -129,12 +142,12 @@ def check_dev_scores(
     raw: Any, domains: list[str], *, candidate: int
 ) -> dict[str, tuple[float, int | None]]:
     """Validates what ``evaluate`` returned; raises :class:`BackendError` naming the problem."""
-    return _check_scores(raw, domains, what="evaluate", candidate=candidate)
+    return check_scores(raw, domains, what="evaluate", candidate=candidate)
 
 
 def check_external_scores(raw: Any, domains: list[str], *, candidate: int) -> dict[str, float]:
     """Validates what ``submit_external`` returned."""
-    scores = _check_scores(raw, domains, what="submit_external", candidate=candidate)
+    scores = check_scores(raw, domains, what="submit_external", candidate=candidate)
     return {d: s for d, (s, _) in scores.items()}
 
 

@@ -351,6 +351,167 @@ def worker(
     )
 
 
+# -- your own loop: the searchlab.loop API in JSON -------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _driven(name: str, storage: str | None) -> Any:
+    from searchlab.loop import Study
+
+    return Study.open(name, storage=_storage_url(storage))
+
+
+def _read_json(source: str, option: str) -> Any:
+    """The JSON value in file ``source`` (``-``: standard input), or one line naming it."""
+    from pathlib import Path
+
+    where = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SearchlabError(f"{option} {where}: cannot read it ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SearchlabError(f"{option} {where}: not JSON ({exc})") from None
+
+
+def _emit(data: Any, as_json: bool, line: str) -> None:
+    from searchlab.readmodel import finite
+
+    if as_json:
+        print(json.dumps(finite(data), sort_keys=True))
+    else:
+        out.print(line, markup=False, soft_wrap=True)
+
+
+@study_app.command("init")
+def study_init(
+    file: Annotated[str, typer.Argument(help="The study file (YAML).")],
+    storage: StorageOpt = None,
+    name: Annotated[str | None, typer.Option(help="Override the study name.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the seed.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a study from FILE without running it: your loop drives it (study ask ...)."""
+    from searchlab.loop import Study
+
+    study = Study.create(file, storage=_storage_url(storage), name=name, seed=seed)
+    _emit({"study": study.record.name}, as_json, f"created study {study.record.name}")
+
+
+@study_app.command("ask")
+def study_ask(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    count: Annotated[int, typer.Option(min=1, help="Candidates wanted at most.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Candidates to train now (fewer, or none, while the round waits: see 'next')."""
+    study = _driven(name, storage)
+    asked = study.ask(count)
+    data = {
+        "candidates": [vars(a) for a in asked],
+        "next": study.next_step(),
+        "finished": study.finished,
+    }
+    lines = [
+        f"candidate {a.number} (round {a.round}, {a.source}): {json.dumps(a.recipe)}" for a in asked
+    ]
+    _emit(data, as_json, "\n".join([*lines, f"next: {data['next']}"]))
+
+
+@study_app.command("tell")
+def study_tell(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    number: Annotated[int, typer.Argument(help="The candidate.")],
+    dev: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON file (- for standard input): per domain, the dev accuracy or "
+            "[accuracy, items]."
+        ),
+    ] = None,
+    failed: Annotated[str | None, typer.Option(help="It could not be trained: why.")] = None,
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store an asked candidate's dev scores (or that it failed)."""
+    if (dev is None) == (failed is None):
+        raise SearchlabError("study tell: give --dev FILE or --failed REASON")
+    study = _driven(name, storage)
+    if failed is not None:
+        study.tell_failed(number, failed)
+    else:
+        study.tell(number, dev=_read_json(dev, "--dev"))
+    data = {"candidate": number, "next": study.next_step()}
+    _emit(data, as_json, f"candidate {number} stored; next: {data['next']}")
+
+
+@study_app.command("plan")
+def study_plan(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where the external budget goes now, with the policy's reasons."""
+    study = _driven(name, storage)
+    plan = study.plan_submissions()
+    data = {
+        "round": plan.round,
+        "submissions": [vars(s) for s in plan.submissions],
+        "waiting_for": plan.waiting_for,
+        "budget_left": plan.budget_left,
+        "modes": {d: v["mode"] for d, v in study.modes().items()},
+        "next": study.next_step(),
+    }
+    lines = [
+        f"candidate {s.number} (submission {s.submission}): {s.reason}" for s in plan.submissions
+    ]
+    _emit(data, as_json, "\n".join([*lines, f"next: {data['next']}"]))
+
+
+@study_app.command("tell-external")
+def study_tell_external(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    number: Annotated[int, typer.Argument(help="The candidate.")],
+    external: Annotated[
+        str | None,
+        typer.Option(help="JSON file (- for standard input): per domain, the external score."),
+    ] = None,
+    failed: Annotated[str | None, typer.Option(help="The submission failed: why.")] = None,
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store one submission's external scores; the validity test runs on them at once."""
+    if (external is None) == (failed is None):
+        raise SearchlabError("study tell-external: give --external FILE or --failed REASON")
+    study = _driven(name, storage)
+    scores = None if external is None else _read_json(external, "--external")
+    study.tell_external(number, external=scores, error=failed)
+    data = {
+        "candidate": number,
+        "modes": {d: v["mode"] for d, v in study.modes().items()},
+        "next": study.next_step(),
+    }
+    _emit(data, as_json, f"candidate {number}: external stored; next: {data['next']}")
+
+
+@study_app.command("enqueue")
+def study_enqueue(
+    name: Annotated[str, typer.Argument(help="The study name.")],
+    recipe: Annotated[str, typer.Option(help="JSON file (- for standard input): the recipe.")],
+    source: Annotated[str, typer.Option(help="Where it came from (kept in the audit).")] = "user",
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a candidate of your own to the round being filled."""
+    study = _driven(name, storage)
+    number = study.enqueue(_read_json(recipe, "--recipe"), source=source)
+    _emit({"candidate": number}, as_json, f"enqueued candidate {number}")
+
+
 @study_app.command("status")
 def study_status(
     name: Annotated[str, typer.Argument(help="The study name.")],

@@ -105,7 +105,7 @@ def _within(value: float, limit: float, what: str) -> None:
         raise ValueError(f"{what}={value!r:.40} is outside [-{limit:g}, {limit:g}]")
 
 
-def _choice_key(value: Any) -> str:
+def choice_key(value: Any) -> str:
     """How a categorical choice prints in storage, exports and the dashboard.
 
     Two choices with one key cannot be told apart there (and ``0 == False``, ``1 == 1.0`` also
@@ -125,7 +125,7 @@ def _choice_key(value: Any) -> str:
         number = float(text)
     except ValueError:
         return str(value)
-    return _choice_key(number) if math.isfinite(number) else str(value)
+    return choice_key(number) if math.isfinite(number) else str(value)
 
 
 def _check_text(value: str, what: str, limit: int, *, lines: bool = False) -> None:
@@ -211,7 +211,7 @@ class CategoricalParam(_Strict):
     """A choice among listed values (strings, numbers or booleans).
 
     2 to ``MAX_CHOICES`` (1,000) choices, no two of which compare equal or print alike
-    (:func:`_choice_key`), and booleans not mixed with numbers (``true == 1``).
+    (:func:`choice_key`), and booleans not mixed with numbers (``true == 1``).
     """
 
     type: Literal["categorical"]
@@ -232,7 +232,7 @@ class CategoricalParam(_Strict):
             raise ValueError("choices mix booleans with numbers (true == 1, false == 0)")
         seen: dict[str, Any] = {}
         for v in value:
-            key = _choice_key(v)
+            key = choice_key(v)
             if key in seen:
                 raise ValueError(
                     f"choices {seen[key]!r} and {v!r} collide: they compare equal or print "

@@ -72,7 +72,8 @@ class Engine:
     Args:
         record: The stored study.
         config: Its validated configuration.
-        backend: The back end that trains, evaluates and submits.
+        backend: The back end that trains, evaluates and submits; None when the caller's own
+            loop does both and tells the results (:mod:`searchlab.loop`).
         progress: Called with an event name and its numbers, for live display.
         external_workers: Whether candidates are trained by ``searchlab worker`` processes
             (this process then only coordinates: it proposes, waits for the round's
@@ -91,7 +92,7 @@ class Engine:
         *,
         record: StudyRecord,
         config: StudyConfig,
-        backend: Backend,
+        backend: Backend | None,
         progress: Progress | None = None,
         external_workers: bool = False,
         lease_s: float = 60.0,
@@ -209,10 +210,15 @@ class Engine:
                 summary = self._finish_round(r)
                 self.progress("round_done", summary)
             check()
-            with latch.deferred():  # the final audit entry and the mark belong together
-                result = self._recommend(final=True)
-                self.record.mark_finished()
+            result = self._finish_study()
         self.progress("study_done", {**result, "seconds": time.perf_counter() - started})
+        return result
+
+    def _finish_study(self) -> dict[str, Any]:
+        """The final recommendation, its audit entry and the finished mark, together."""
+        with self._latch.deferred():
+            result = self._recommend(final=True)
+            self.record.mark_finished()
         return result
 
     def _recover(self) -> None:
@@ -345,8 +351,11 @@ class Engine:
             )
         elif need > 0:
             models = self._fit()
+            # Candidates out for training (a caller's loop may hold some) are pending points.
             pending = [
-                self.space.encode(c.recipe) for c in existing if c.state == CandidateState.WAITING
+                self.space.encode(c.recipe)
+                for c in existing
+                if c.state in (CandidateState.WAITING, CandidateState.RUNNING)
             ]
             t0 = time.perf_counter()
             batch = propose_batch(
@@ -392,6 +401,14 @@ class Engine:
             self._await_workers(r)
         else:
             self._run_here(r)
+        self._close_evaluation(r)
+
+    def _close_evaluation(self, r: int) -> None:
+        """Marks round ``r`` evaluated once none of its candidates is waiting or running.
+
+        Raises:
+            BackendError: If every candidate of the round failed (nothing to learn from).
+        """
         this_round = [c for c in self.record.candidates() if c.round == r]
         if this_round and not any(c.state == CandidateState.COMPLETE for c in this_round):
             first = next(c for c in this_round if c.error)
@@ -536,7 +553,21 @@ class Engine:
     # -- submissions and validity -----------------------------------------------------------
 
     def _submit(self, r: int) -> None:
+        """Plans round ``r``'s submissions (unless planned), then sends each planned one."""
         models = self._fit()
+        if not Phase.PLANNED.reached(self.record.round_state(r)):
+            self._plan(r, models)
+        for number, sub in sorted(self.externals().items(), key=lambda i: i[1]["submission"]):
+            if sub["round"] == r and sub.get("state") == SubmissionState.PLANNED:
+                self._check_interrupt()
+                self._send(number, sub, models)
+        self.record.set_phase(r, Phase.SUBMITTED)
+
+    def _plan(self, r: int, models: _Models) -> list[int]:
+        """Chooses round ``r``'s submissions and stores each, counted, as PLANNED.
+
+        Fixes the knots first at the end of the warm-up. Returns the chosen candidates.
+        """
         if r == self.config.policy.warmup_rounds - 1 and not self.record.warmup_dev:
             self._fix_knots(models)
         externals = self.externals()
@@ -569,8 +600,9 @@ class Engine:
         )
         for choice in choices:
             self._check_interrupt()
-            self._submit_one(r, choice.candidate, choice.reason, choice.score, models)
-        self.record.set_phase(r, Phase.SUBMITTED)
+            self._open_submission(r, choice.candidate, choice.reason, choice.score, models)
+        self.record.set_phase(r, Phase.PLANNED)
+        return [choice.candidate for choice in choices]
 
     def _record_probe(
         self,
@@ -591,49 +623,79 @@ class Engine:
             self.domains,
         )
 
-    def _submit_one(self, r: int, number: int, reason: str, score: float, models: _Models) -> None:
-        submission = self.budget_used()
+    def _open_submission(
+        self, r: int, number: int, reason: str, score: float, models: _Models
+    ) -> dict[str, Any]:
+        """Stores (and counts) a PLANNED submission of a completed candidate; returns it."""
         row = models.numbers.index(number)
-        intent = {
+        planned = {
             "round": r,
-            "submission": submission,
-            "state": SubmissionState.PENDING,
+            "submission": self.budget_used(),
+            "state": SubmissionState.PLANNED,
             "reason": reason,
+            "policy_score": score,
             # The pair's dev for the validity test, fixed as it enters (dev-only model).
             "test_dev": {
                 d: float(t[row]) for d, t in zip(self.domains, self._test_dev(models), strict=True)
             },
         }
-        # The intent is stored (and counted) before the back end is called: a crash in between
-        # leaves a pending submission that resume never sends again.
+        self.record.put_submission(number, planned)
+        return planned
+
+    def _send(self, number: int, planned: dict[str, Any], models: _Models | None) -> None:
+        """Sends a PLANNED submission through the back end and takes its answer."""
+        if self.backend is None:
+            raise SearchlabError(
+                f"candidate {number}: its planned submission needs a back end to send it, and "
+                "this engine has none (tell its scores with tell_external)"
+            )
+        intent = {**planned, "state": SubmissionState.PENDING}
+        # The intent is stored before the back end is called: a crash in between leaves a
+        # pending submission that resume never sends again.
         self.record.put_submission(number, intent)
         artefact = self._candidate(number).artefact or {}
         try:
-            raw = self.backend.submit_external(artefact, submission=submission)
+            raw = self.backend.submit_external(artefact, submission=intent["submission"])
             scores = check_external_scores(raw, self.domains, candidate=number)
         except Exception as exc:
             error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
-            with self._latch.deferred():
+            self._answer(number, intent, error=error, models=models)
+            return
+        self._answer(number, intent, scores=scores, models=models)
+
+    def _answer(
+        self,
+        number: int,
+        sent: dict[str, Any],
+        *,
+        scores: dict[str, float] | None = None,
+        error: str | None = None,
+        models: _Models | None = None,
+    ) -> None:
+        """Stores a submission's answer (``scores``, or the ``error`` it failed with), its
+        audit entry and, for scores, the validity test on the new pair."""
+        r, submission = sent["round"], sent["submission"]
+        # The answer, its audit entry and the validity test on it belong together: a signal
+        # waits for the end of this section.
+        with self._latch.deferred():
+            if scores is None:
                 self.record.put_submission(
-                    number, {**intent, "state": SubmissionState.FAILED, "error": error}
+                    number, {**sent, "state": SubmissionState.FAILED, "error": error}
                 )
                 self.record.audit(
                     AuditKind.SUBMISSION_FAILED, round=r, candidate=number, error=error
                 )
-            return
-        # The answer, its audit entry and the validity test on it belong together: a signal
-        # waits for the end of this section.
-        with self._latch.deferred():
+                return
             self.record.put_submission(
-                number, {**intent, "state": SubmissionState.DONE, "scores": scores}
+                number, {**sent, "state": SubmissionState.DONE, "scores": scores}
             )
             self.record.audit(
                 AuditKind.SUBMISSION,
                 round=r,
                 candidate=number,
                 submission=submission,
-                reason=reason,
-                policy_score=score,
+                reason=sent["reason"],
+                policy_score=sent.get("policy_score"),
                 scores=scores,
                 budget={
                     "used": submission + 1,
@@ -655,25 +717,37 @@ class Engine:
             knots={d: list(self.tests[d].knots or ()) for d in self.domains},
         )
 
-    def _check_validity(self, r: int, number: int, models: _Models) -> None:
-        """Runs every domain's test on its (de-noised dev, external) pairs so far."""
+    def _check_validity(self, r: int, number: int, models: _Models | None = None) -> None:
+        """Runs every domain's test on its (de-noised dev, external) pairs so far.
+
+        ``models`` is the fit the round's submissions were chosen with; without it, this
+        process's last fit (a caller's loop answering what it planned), else a fit made here
+        when one is needed (a study stored before pairs kept their dev, a switch's record).
+        Fitting only then keeps a loop that plans and answers in one process on the engine's
+        own sequence of fits (each fit starts from the last one's hyperparameters).
+        """
+        models = models if models is not None else self._models
         if any(self.tests[d].knots is None for d in self.domains):
             return
         done = {n: s for n, s in self.externals().items() if s.get("state") == SubmissionState.DONE}
-        order = sorted(
-            (n for n in done if n in models.numbers), key=lambda n: done[n]["submission"]
-        )
-        rows = [models.numbers.index(n) for n in order]
+        complete = {
+            c.number for c in self.record.candidates() if c.state == CandidateState.COMPLETE
+        }
+        order = sorted((n for n in done if n in complete), key=lambda n: done[n]["submission"])
+        if models is None and any("test_dev" not in done[n] for n in order):
+            models = self._fit()
         checks: dict[str, Any] = {}
-        for d, p in zip(self.domains, models.predictions, strict=True):
+        for i_d, d in enumerate(self.domains):
             monitor = self.monitors[d]
             before = monitor.mode
             # Each pair's dev as fixed when it entered; a study stored before that was kept
             # falls back to the current two-task mean (what it used then).
             dev = np.array(
                 [
-                    done[n]["test_dev"][d] if "test_dev" in done[n] else p["dev_mean"][i]
-                    for n, i in zip(order, rows, strict=True)
+                    done[n]["test_dev"][d]
+                    if "test_dev" in done[n]
+                    else models.predictions[i_d]["dev_mean"][models.numbers.index(n)]
+                    for n in order
                 ]
             )
             ext = np.array([done[n]["scores"][d] for n in order])
@@ -696,6 +770,8 @@ class Engine:
                 )
             self.record.put_monitor_state(d, monitor.to_dict())
             if event is not None:
+                if models is None:
+                    models = self._fit()  # the task correlation the record gives as context
                 self.record.audit(
                     AuditKind.MODE_SWITCH,
                     round=r,

@@ -29,6 +29,11 @@ class BackendError(SearchlabError):
     """A back end cannot be loaded or returned something searchlab cannot use."""
 
 
+class RecipeError(SearchlabError):
+    """A recipe is not in the study's search space (a missing or unknown key, a value out of
+    bounds); the message names the key and its bound."""
+
+
 class StudyStateError(SearchlabError):
     """The stored study is in a state the command cannot act on (already finished, say)."""
 

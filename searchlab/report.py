@@ -31,7 +31,6 @@ from searchlab.readmodel import StudyView, read
 from searchlab.store import AuditKind, CandidateState, Mode
 
 if TYPE_CHECKING:
-
     from searchlab.store import StudyRecord
 
 __all__ = ["FIGURES", "StudyView", "figures", "markdown_summary", "view", "write_report"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from searchlab.config import CategoricalParam, FloatParam, IntParam, MixtureParam
+from searchlab.config import CategoricalParam, FloatParam, IntParam, MixtureParam, choice_key
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -178,6 +178,68 @@ class SearchSpace:
                     recipe[d.key] = float(min(max(value, lo), hi))
         return recipe
 
+    def check(self, recipe: Any) -> dict[str, Any]:
+        """A recipe from outside (an agent's, an imported run's), checked against the space.
+
+        Every key of :attr:`keys` and no other; a float or int within its bounds (an int
+        whole), a categorical one of its choices, a mixture's weights non-negative and summing
+        to 1 within 1e-6.
+
+        Returns:
+            The recipe with ints as ``int`` and floats as ``float``.
+
+        Raises:
+            RecipeError: Naming the first key at fault and its bound.
+        """
+        from searchlab.errors import RecipeError
+
+        if not isinstance(recipe, Mapping):
+            raise RecipeError(f"a recipe is an object of knobs, got {type(recipe).__name__}")
+        unknown = [str(k) for k in recipe if k not in self.keys]
+        if unknown:
+            raise RecipeError(
+                f"recipe key {unknown[0]!r} is not in the space ({', '.join(self.keys)})"
+            )
+        out: dict[str, Any] = {}
+        sums: dict[str, float] = {}
+        for d in self._dims:
+            if d.key not in recipe:
+                raise RecipeError(f"recipe key {d.key!r} is missing")
+            value, p = recipe[d.key], d.param
+            if isinstance(p, CategoricalParam):
+                same = [c for c in p.choices if _same_choice(c, value)]
+                if not same:
+                    raise RecipeError(
+                        f"recipe key {d.key!r} = {value!r} is not one of its choices {p.choices}"
+                    )
+                out[d.key] = same[0]
+                continue
+            number = (
+                value if isinstance(value, int | float) and not isinstance(value, bool) else None
+            )
+            if number is None or not math.isfinite(number):
+                raise RecipeError(f"recipe key {d.key!r} = {value!r} is not a finite number")
+            if isinstance(p, MixtureParam):
+                if number < 0:
+                    raise RecipeError(f"recipe key {d.key!r} = {value!r} is below 0")
+                sums[d.group or ""] = sums.get(d.group or "", 0.0) + float(number)
+                out[d.key] = float(number)
+                continue
+            if not p.low <= number <= p.high:
+                raise RecipeError(
+                    f"recipe key {d.key!r} = {value!r} is outside its bounds [{p.low}, {p.high}]"
+                )
+            if isinstance(p, IntParam):
+                if number != int(number):
+                    raise RecipeError(f"recipe key {d.key!r} = {value!r} is not a whole number")
+                out[d.key] = int(number)
+            else:
+                out[d.key] = float(number)
+        for group, total in sums.items():
+            if abs(total - 1.0) > 1e-6:
+                raise RecipeError(f"recipe mixture {group!r} sums to {total:g}, not 1")
+        return out
+
     def canonical(self, recipe: Mapping[str, Any]) -> dict[str, Any]:
         """Round-trips a recipe through the encoding (what the GP sees is what is stored)."""
         return self.decode(self.encode(recipe))
@@ -202,3 +264,13 @@ class SearchSpace:
             e = -np.log1p(-np.clip(u[:, idx], 0.0, 1.0 - 1e-12))
             u[:, idx] = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-12)
         return [self.decode(row) for row in u]
+
+
+def _same_choice(choice: Any, value: Any) -> bool:
+    """Whether ``value`` is ``choice``: equal as stored, and of its kind (text, boolean or
+    number), so that neither ``"16"`` nor ``true`` passes for ``16`` or ``1``."""
+
+    def kind(v: Any) -> type:
+        return bool if isinstance(v, bool) else str if isinstance(v, str) else float
+
+    return kind(choice) is kind(value) and choice_key(choice) == choice_key(value)

@@ -10,10 +10,12 @@ Layout of one searchlab study in Optuna storage (SQLite by default, any RDB URL 
   candidate with its reason.
 - External scores arrive after the trial is finished, and Optuna cannot change a finished trial
   (``UpdateFinishedTrialError``). They are study user attributes ``searchlab.external.<n>``
-  written in two steps: the intent (``pending``, counted against the budget) before the back end is
-  called, the scores after (``done``), or the back end's error (``failed``). A crash in between
-  leaves ``pending``: resume asks the back end to recover the answer (``done``) or records it as
-  ``lost``; it is never re-sent. Every state counts against the budget: each was an attempt.
+  written in steps: the round's choice (``planned``, counted against the budget), the intent
+  (``pending``) before the back end is called, the scores after (``done``), or the back end's
+  error (``failed``). A caller driving the study (:mod:`searchlab.loop`) sends a ``planned``
+  submission itself and tells its scores. A crash after the intent leaves ``pending``: resume
+  asks the back end to recover the answer (``done``) or records it as ``lost``; it is never
+  re-sent. Every state counts against the budget: each was, or will be, an attempt.
 - Decisions are study user attributes ``searchlab.audit.<seq>``, one JSON object each.
 - A study is created in one transaction (the Optuna study, its directions, metric names,
   ``searchlab.config`` and ``searchlab.schema``): a ``create`` that fails or is killed leaves no
@@ -290,6 +292,7 @@ class Phase(StrEnum):
 
     PROPOSED = "proposed"
     EVALUATED = "evaluated"
+    PLANNED = "planned"  # the round's submissions are chosen and stored (state PLANNED)
     SUBMITTED = "submitted"
     DONE = "done"
 
@@ -312,6 +315,7 @@ class CandidateState(StrEnum):
 class SubmissionState(StrEnum):
     """One external submission's state (see the module docstring)."""
 
+    PLANNED = "planned"  # chosen and counted, not yet sent (a caller's loop sends it)
     PENDING = "pending"  # the intent is stored, the back end not yet answered
     DONE = "done"
     FAILED = "failed"  # the back end raised; counted against the budget
@@ -323,6 +327,7 @@ class AuditKind(StrEnum):
 
     PROPOSAL = "proposal"
     CANDIDATE_FAILED = "candidate_failed"
+    CANDIDATE_ENQUEUED = "candidate_enqueued"  # from outside the engine, with its source
     CANDIDATE_REPLACED = "candidate_replaced"
     FIT_WARNING = "fit_warning"
     KNOTS_FIXED = "knots_fixed"
@@ -826,21 +831,27 @@ class StudyRecord:
             )
         return out
 
-    def enqueue(
-        self, recipe: Mapping[str, Any], *, round: int, proposal: Mapping[str, Any]
-    ) -> None:
-        """Stores a proposed candidate as a WAITING trial (the proposal survives a crash)."""
-        _retrying(
-            self._store.url,
-            "enqueue a candidate",
-            lambda: self.study.enqueue_trial(
-                dict(recipe),
-                user_attrs={
-                    f"{PREFIX}round": round,
-                    f"{PREFIX}proposal": _jsonable(dict(proposal)),
-                },
-            ),
+    def enqueue(self, recipe: Mapping[str, Any], *, round: int, proposal: Mapping[str, Any]) -> int:
+        """Stores a proposed candidate as a WAITING trial (the proposal survives a crash);
+        returns its number.
+
+        The trial is what ``Study.enqueue_trial`` makes (fixed params, WAITING), created through
+        the storage so that its number is known.
+        """
+        from optuna.trial import TrialState, create_trial
+
+        template = create_trial(
+            state=TrialState.WAITING,
+            system_attrs={"fixed_params": dict(recipe)},
+            user_attrs={f"{PREFIX}round": round, f"{PREFIX}proposal": _jsonable(dict(proposal))},
         )
+        storage = self.study._storage
+
+        def create() -> int:
+            trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
+            return storage.get_trial_number_from_id(trial_id)
+
+        return _retrying(self._store.url, "enqueue a candidate", create)
 
     def start_next(self, distributions: Mapping[str, Any]) -> optuna.Trial | None:
         """Takes the oldest WAITING candidate and marks it RUNNING; None when there is none.
