@@ -104,6 +104,8 @@ class PlannedSubmission:
         reason: The policy's reason (``warm-up spread``, ``dev-record probe``, ...).
         policy_score: The score it was ranked by (None for a caller's own choice).
         recipe: Its recipe.
+        artefact: What was told with its dev scores (``recipe``, ``candidate`` and the
+            caller's ``artefact``), so any driver can submit it.
     """
 
     number: int
@@ -112,6 +114,7 @@ class PlannedSubmission:
     reason: str
     policy_score: float | None
     recipe: dict[str, Any]
+    artefact: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -564,9 +567,17 @@ class Study:
         )
 
     def _planned(self, r: int) -> list[PlannedSubmission]:
-        recipes = {c.number: c.recipe for c in self.record.candidates()}
+        done = {c.number: c for c in self.record.candidates()}
         return [
-            PlannedSubmission(n, r, s["submission"], s["reason"], s.get("policy_score"), recipes[n])
+            PlannedSubmission(
+                n,
+                r,
+                s["submission"],
+                s["reason"],
+                s.get("policy_score"),
+                done[n].recipe,
+                dict(done[n].artefact or {}),
+            )
             for n, s in self._submissions_of(r)
             if s["state"] == SubmissionState.PLANNED
         ]

@@ -241,13 +241,11 @@ def _driver(url: str, name: str, log: str) -> None:
                 )
                 f.write(json.dumps({"asked": c.number}) + "\n")
                 f.flush()
-                study.tell(c.number, dev=backend.evaluate(art))
+                study.tell(c.number, dev=backend.evaluate(art), artefact=art)
             for s in study.plan_submissions().submissions:
-                art = {"recipe": s.recipe, "candidate": s.number}
+                scores = backend.submit_external(s.artefact, submission=s.submission)
                 try:
-                    study.tell_external(
-                        s.number, external=backend.submit_external(art, submission=s.submission)
-                    )
+                    study.tell_external(s.number, external=scores)
                 except SearchlabError as exc:  # the other driver answered it first
                     assert "accepted once" in str(exc), exc
                     continue
