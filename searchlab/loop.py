@@ -408,8 +408,9 @@ class Study:
                         f"study {self.record.name!r}: the last round is closed; nothing is "
                         "proposed after it"
                     )
+            modes = dict(zip(engine.domains, engine.modes, strict=True))
             number = self.record.enqueue(
-                checked, round=r, proposal={"method": "enqueued", "source": source}
+                checked, round=r, proposal={"method": "enqueued", "source": source, "modes": modes}
             )
             self.record.audit(
                 AuditKind.CANDIDATE_ENQUEUED,

@@ -176,7 +176,9 @@ def _candidate_rows(v: StudyView) -> tuple[list[str], list[list[Any]]]:
     header += ["decoupled at proposal"]
     rows = []
     for _, r in c.iterrows():
-        decoupled = [d for d in v.domains if r.get(f"mode.{d}") == Mode.DECOUPLED]
+        # A candidate from outside the engine (enqueued, imported) may have no modes: NA.
+        modes = {d: r.get(f"mode.{d}") for d in v.domains}
+        decoupled = [d for d, m in modes.items() if not is_missing(m) and m == Mode.DECOUPLED]
         rows.append(
             [r["number"], r["round"] + 1, r["state"], _fmt(_num(r.get("mean_dev")))]
             + [_fmt(_num(r.get(f"dev.{d}"))) for d in v.domains]

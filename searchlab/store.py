@@ -816,7 +816,8 @@ class StudyRecord:
                     number=t.number,
                     round=int(ua.get(f"{PREFIX}round", -1)),
                     state=CandidateState(t.state.name),
-                    recipe=dict(t.params),
+                    # A WAITING trial's recipe is its fixed params until it is started.
+                    recipe=dict(t.params or t.system_attrs.get("fixed_params", {})),
                     dev=dev,
                     dev_n=dict(ua.get(f"{PREFIX}dev_n", {})),
                     artefact=ua.get(f"{PREFIX}artefact"),

@@ -65,7 +65,10 @@ def write_yaml(path: Path | str, data: Any) -> Path:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Runs ``python -m searchlab.cli ARGS`` and captures its output as text.
 
@@ -73,6 +76,7 @@ def run_cli(
         *args: The command-line arguments.
         env: Variables added to (and overriding) this process's environment.
         timeout: Seconds before the subprocess is killed (the test then fails).
+        stdin: Text for its standard input (none: it reads end of file).
     """
     global _NEUTRAL_CWD
     if _NEUTRAL_CWD is None:
@@ -82,6 +86,7 @@ def run_cli(
         [sys.executable, "-m", "searchlab.cli", *map(str, args)],
         cwd=_NEUTRAL_CWD,
         env=full_env,
+        input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
         encoding="utf-8",
