@@ -512,6 +512,22 @@ def study_enqueue(
     _emit({"candidate": number}, as_json, f"enqueued candidate {number}")
 
 
+@study_app.command("import")
+def study_import(
+    name: Annotated[str, typer.Argument(help="The study name (before its first round).")],
+    file: Annotated[str, typer.Argument(help="Past runs: .csv, .jsonl or .parquet.")],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Warm-start a study with past runs: recipe columns, dev.<domain>, external.<domain>."""
+    study = _driven(name, storage)
+    numbers = study.import_runs(file)
+    status = study.status()
+    data = {"candidates": numbers, "external_budget": status["external_budget"]}
+    used = status["external_budget"]["used"]
+    _emit(data, as_json, f"imported {len(numbers)} runs; external budget used {used}")
+
+
 @study_app.command("status")
 def study_status(
     name: Annotated[str, typer.Argument(help="The study name.")],

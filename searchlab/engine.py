@@ -169,7 +169,7 @@ class Engine:
         return self.record.submissions()
 
     def budget_used(self) -> int:
-        return len(self.externals())
+        return self.record.budget_used()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -571,7 +571,7 @@ class Engine:
         if r == self.config.policy.warmup_rounds - 1 and not self.record.warmup_dev:
             self._fix_knots(models)
         externals = self.externals()
-        left = self.config.external.total - len(externals)
+        left = self.config.external.total - self.budget_used()
         in_round = sum(1 for s in externals.values() if s["round"] == r)
         open_numbers = [n for n in models.numbers if n not in externals]
         rows = {n: models.numbers.index(n) for n in open_numbers}

@@ -292,10 +292,12 @@ def _budget(v: StudyView) -> FigureSpec:
     for r in _series(s, "round"):
         if r is not None and 0 <= int(r) < len(per):
             per[int(r)] += 1
-    cum = [sum(per[: i + 1]) for i in range(len(per))]
+    # Imported runs' submissions were made before round 1: they start the running total.
+    before = v.budget_used - sum(per)
+    cum = [before + sum(per[: i + 1]) for i in range(len(per))]
     x = list(range(1, len(per) + 1))
     return FigureSpec(
-        title=f"{v.name}: external budget ({cum[-1] if cum else 0} of {v.budget_total} used)",
+        title=f"{v.name}: external budget ({v.budget_used} of {v.budget_total} used)",
         xlabel="round",
         panels=[
             Panel(

@@ -421,6 +421,25 @@ class Study:
             )
             return number
 
+    def import_runs(self, path: str | Path) -> list[int]:
+        """Warm-starts the study with past runs from a run log (before its first round).
+
+        See :mod:`searchlab.importing` for the columns. Every row is checked before anything is
+        stored; each run becomes a completed candidate, each scored run a submission charged to
+        the budget and a pair of the validity test.
+
+        Returns:
+            The new candidates' numbers, in row order.
+
+        Raises:
+            LogError: Naming the row and the column; or if the study has started.
+        """
+        from searchlab.importing import import_runs, read_runs
+
+        with self._step() as engine:
+            runs = read_runs(path, self.config, engine.space)
+            return import_runs(engine, runs, source=Path(path).name)
+
     # -- reading --------------------------------------------------------------------------
 
     @property
@@ -584,7 +603,7 @@ class Study:
         ]
 
     def _budget_left(self) -> int:
-        return self.config.external.total - len(self.record.submissions())
+        return self.config.external.total - self.record.budget_used()
 
 
 class _TruthOnly:

@@ -20,8 +20,6 @@ threshold's calibration says.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from searchlab.errors import SearchlabError
+from searchlab.runlog import LogError, read_rows, score
 from searchlab.store import Mode
 from searchlab.validity import DetectorSettings, DomainMonitor, ValidityTest
 
 __all__ = ["LogError", "ScoreLog", "monitor_log", "read_log"]
-
-
-class LogError(SearchlabError):
-    """A score log that cannot be read: no such file, an unknown format, a bad cell."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ def read_log(path: str | Path, *, domains: list[str] | None = None) -> ScoreLog:
         LogError: One line naming the file, the row and the column.
     """
     path = Path(path)
-    rows = _rows(path)
+    rows = read_rows(path)
     if not rows:
         raise LogError(f"{path}: no candidates in the log")
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -91,49 +85,9 @@ def read_log(path: str | Path, *, domains: list[str] | None = None) -> ScoreLog:
         where = f"{path}: row {i + 1}"
         ids.append(str(row.get("candidate") or i + 1))
         for d in chosen:
-            dev[d][i] = _score(row.get(f"dev.{d}"), f"{where}, dev.{d}", required=True)
-            ext[d][i] = _score(row.get(f"external.{d}"), f"{where}, external.{d}", required=False)
+            dev[d][i] = score(row.get(f"dev.{d}"), f"{where}, dev.{d}", required=True)
+            ext[d][i] = score(row.get(f"external.{d}"), f"{where}, external.{d}", required=False)
     return ScoreLog(source=str(path), domains=chosen, candidates=ids, dev=dev, external=ext)
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LogError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LogError(f"{path}: cannot be read: {exc}") from None
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LogError(f"{path}: line {i + 1}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise LogError(f"{path}: line {i + 1}: expected a JSON object")
-            rows.append(row)
-        return rows
-    raise LogError(f"{path}: unknown format {suffix or '(none)'!r}: use .csv or .jsonl")
-
-
-def _score(value: Any, where: str, *, required: bool) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise LogError(f"{where}: missing")
-        return math.nan
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise LogError(f"{where}: not a number ({str(value)[:40]!r})") from None
-    if not 0.0 <= x <= 1.0:  # NaN fails this too
-        raise LogError(f"{where}: {x!r} is not a score in [0, 1]")
-    return x
 
 
 def monitor_log(

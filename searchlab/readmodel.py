@@ -29,6 +29,7 @@ from searchlab.store import (
     Phase,
     StudyRecord,
     SubmissionState,
+    charged,
 )
 
 if TYPE_CHECKING:
@@ -113,6 +114,11 @@ class StudyView:
     @property
     def rounds_done(self) -> int:
         return sum(1 for s in self.rounds if s.get("phase") == Phase.DONE)
+
+    @property
+    def budget_used(self) -> int:
+        """Submissions charged to the budget (imported runs' counts included)."""
+        return charged(self.submissions)
 
     @property
     def budget_total(self) -> int:
@@ -222,7 +228,7 @@ class StudyView:
                 "tracking": check.get("tracking"),
                 "knot": check.get("knot"),
             }
-        used = len(self.submissions)
+        used = self.budget_used
         out: dict[str, Any] = {
             "name": self.name,
             "finished": self.finished,

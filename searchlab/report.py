@@ -126,14 +126,13 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _headline(v: StudyView) -> str:
-    s = v.tables["submissions"]
     state = "finished" if v.finished else f"{v.rounds_done} of {v.rounds_total} rounds done"
     c = v.tables["candidates"]
     complete = int((c["state"] == CandidateState.COMPLETE).sum()) if "state" in c else 0
     failed = int((c["state"] == CandidateState.FAIL).sum()) if "state" in c else 0
     return (
         f"{state}; {complete} candidates evaluated ({failed} failed); external budget used "
-        f"{len(s)} of {v.budget_total}; validity level alpha {_fmt(v.alpha)}"
+        f"{v.budget_used} of {v.budget_total}; validity level alpha {_fmt(v.alpha)}"
     )
 
 

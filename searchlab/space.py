@@ -66,6 +66,10 @@ class SearchSpace:
         """Recipe keys in coordinate order."""
         return [d.key for d in self._dims]
 
+    def param(self, key: str) -> Any:
+        """The study-file parameter behind recipe key ``key`` (a mixture for ``name.domain``)."""
+        return next(d.param for d in self._dims if d.key == key)
+
     def simplex_groups(self) -> list[list[int]]:
         """Coordinate indices of each mixture group."""
         groups: dict[str, list[int]] = {}

@@ -43,7 +43,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -328,6 +328,7 @@ class AuditKind(StrEnum):
     PROPOSAL = "proposal"
     CANDIDATE_FAILED = "candidate_failed"
     CANDIDATE_ENQUEUED = "candidate_enqueued"  # from outside the engine, with its source
+    CANDIDATES_IMPORTED = "candidates_imported"  # past runs, before the first round
     CANDIDATE_REPLACED = "candidate_replaced"
     FIT_WARNING = "fit_warning"
     KNOTS_FIXED = "knots_fixed"
@@ -343,6 +344,11 @@ class AuditKind(StrEnum):
     DASHBOARD_PUBLISH_FAILED = "dashboard_publish_failed"
     LEASE_TAKEOVER = "lease_takeover"
     INCOMPLETE_STUDY_REPLACED = "incomplete_study_replaced"
+
+
+def charged(submissions: Iterable[Mapping[str, Any]]) -> int:
+    """What stored submissions charge to the budget (see :meth:`StudyRecord.budget_used`)."""
+    return sum(int(s.get("charge", 1)) for s in submissions)
 
 
 @dataclass(frozen=True)
@@ -740,6 +746,11 @@ class StudyRecord:
         """External submissions (in every state) by candidate number."""
         return {int(k): v for k, v in self._items("external").items()}
 
+    def budget_used(self) -> int:
+        """External submissions charged to the budget: one each, or an imported run's
+        ``charge`` (it was submitted that many times)."""
+        return charged(self.submissions().values())
+
     def put_submission(self, number: int, entry: Mapping[str, Any]) -> None:
         """Stores candidate ``number``'s submission (its intent first, then its outcome)."""
         self._put(f"external.{number}", dict(entry))
@@ -853,6 +864,40 @@ class StudyRecord:
             return storage.get_trial_number_from_id(trial_id)
 
         return _retrying(self._store.url, "enqueue a candidate", create)
+
+    def add_complete(
+        self,
+        recipe: Mapping[str, Any],
+        *,
+        distributions: Mapping[str, Any],
+        dev: Mapping[str, float],
+        dev_n: Mapping[str, int | None],
+        domains: list[str],
+        round: int,
+        proposal: Mapping[str, Any],
+    ) -> int:
+        """Stores a candidate trained elsewhere (an imported run) as a COMPLETE trial; returns
+        its number. It has no artefact: searchlab never made one."""
+        from optuna.trial import TrialState, create_trial
+
+        template = create_trial(
+            state=TrialState.COMPLETE,
+            params=dict(recipe),
+            distributions=dict(distributions),
+            values=[float(dev[d]) for d in domains],
+            user_attrs={
+                f"{PREFIX}round": round,
+                f"{PREFIX}proposal": _jsonable(dict(proposal)),
+                f"{PREFIX}dev_n": dict(dev_n),
+            },
+        )
+        storage = self.study._storage
+
+        def create() -> int:
+            trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
+            return storage.get_trial_number_from_id(trial_id)
+
+        return _retrying(self._store.url, "store an imported candidate", create)
 
     def start_next(self, distributions: Mapping[str, Any]) -> optuna.Trial | None:
         """Takes the oldest WAITING candidate and marks it RUNNING; None when there is none.

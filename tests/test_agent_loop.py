@@ -106,4 +106,5 @@ def test_an_agent_drives_a_study_through_the_cli(tmp_path: Path, seed: int) -> N
 
     note = optuna_dashboard.get_note(record.study)
     assert note.startswith("## searchlab: agent") and f"| {WEAK} | decoupled |" in note
-    assert any("searchlab-validity" in k for k in record.study.system_attrs)
+    attrs = record.study._storage.get_study_system_attrs(record.study._study_id)
+    assert any("searchlab-validity" in k for k in attrs)
