@@ -886,7 +886,20 @@ def validity_merge(
 
 @app.command("monitor")
 def monitor(
-    log_file: Annotated[str, typer.Argument(help="The score log: .csv or .jsonl.")],
+    log_file: Annotated[
+        str | None, typer.Argument(help="The score log: .csv, .jsonl or .parquet.")
+    ] = None,
+    optuna_storage: Annotated[
+        str | None,
+        typer.Option(help="Read a plain Optuna study instead: its storage URL (with --study)."),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="The Optuna study's name.")] = None,
+    dev_key: Annotated[
+        str, typer.Option(help="User attribute of a trial's dev score; {domain} is the domain.")
+    ] = "dev.{domain}",
+    external_key: Annotated[
+        str, typer.Option(help="User attribute of its external score (absent: not measured).")
+    ] = "external.{domain}",
     domains: Annotated[
         str | None, typer.Option(help="Comma-separated domains (default: every dev.<domain>).")
     ] = None,
@@ -901,14 +914,25 @@ def monitor(
 ) -> None:
     """The validity test on any log of candidates: per domain, whether dev still tracks
     external, when that stopped, and the evidence. Columns dev.<domain>, external.<domain>
-    (empty where not measured), optional candidate; rows in the order they happened."""
-    from searchlab.monitor import monitor_log, read_log
+    (empty where not measured), optional candidate; rows in the order they happened. Or a
+    study written by plain Optuna: its COMPLETE trials in number order, the scores in user
+    attributes (--dev-key, --external-key)."""
+    from searchlab.monitor import monitor_log, read_log, read_optuna
     from searchlab.validity import DetectorSettings
 
     if not 0 < alpha < 1:
         raise SearchlabError(f"--alpha must be in (0, 1), got {alpha}")
+    if (log_file is None) == (optuna_storage is None) or (optuna_storage is None) != (
+        study is None
+    ):
+        raise SearchlabError("monitor: give a LOG file, or --optuna-storage URL with --study NAME")
     chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-    log = read_log(log_file, domains=chosen)
+    if optuna_storage is not None:
+        log = read_optuna(
+            optuna_storage, study, dev_key=dev_key, external_key=external_key, domains=chosen
+        )
+    else:
+        log = read_log(log_file, domains=chosen)
     given = _replay_settings(threshold, tracking, hinge_form)
     settings = DetectorSettings(
         alpha=alpha,

@@ -67,27 +67,98 @@ def read_log(path: str | Path, *, domains: list[str] | None = None) -> ScoreLog:
         LogError: One line naming the file, the row and the column.
     """
     path = Path(path)
-    rows = read_rows(path)
+    return _score_log(read_rows(path), str(path), domains)
+
+
+def read_optuna(
+    url: str,
+    study: str,
+    *,
+    dev_key: str = "dev.{domain}",
+    external_key: str = "external.{domain}",
+    domains: list[str] | None = None,
+) -> ScoreLog:
+    """Reads a score log from a study written by plain Optuna: its COMPLETE trials in number
+    order, the scores in user attributes named by the key patterns.
+
+    Args:
+        url: The Optuna storage URL.
+        study: The study name.
+        dev_key: The user attribute of a domain's dev score; ``{domain}`` stands for the domain.
+        external_key: The same for the external score (absent where not measured).
+        domains: The domains to monitor (default: every domain some trial has a dev key for).
+
+    Raises:
+        LogError: A pattern without ``{domain}``, no such study, a trial missing a domain's
+            dev key, a bad score (naming the trial and the key).
+        StorageError: If the storage cannot be reached.
+    """
+    import re
+
+    for key in (dev_key, external_key):
+        if key.count("{domain}") != 1:
+            raise LogError(f"key pattern {key!r} needs exactly one {{domain}}")
+    from searchlab.store import Storage
+
+    trials = Storage(url).load_optuna(study).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    before, after = dev_key.split("{domain}")
+    pattern = re.compile(re.escape(before) + "(.+)" + re.escape(after) + "$")
+    found = {m.group(1) for t in complete for k in t.user_attrs if (m := pattern.match(k))}
+    if not found:
+        seen = sorted({k for t in complete for k in t.user_attrs})[:10]
+        raise LogError(
+            f"study {study!r}: no user attribute of its {len(complete)} COMPLETE trials matches "
+            f"{dev_key!r} (they have: {seen})"
+        )
+    rows = []
+    for t in complete:
+        row: dict[str, Any] = {"candidate": str(t.number)}
+        for d in found:
+            row[f"dev.{d}"] = t.user_attrs.get(dev_key.format(domain=d))
+            row[f"external.{d}"] = t.user_attrs.get(external_key.format(domain=d))
+        rows.append(row)
+    # Messages name the trial and the attribute the user wrote, not the internal column.
+    return _score_log(
+        rows, f"study {study!r}", domains, row_name="trial", keys=(dev_key, external_key)
+    )
+
+
+def _score_log(
+    rows: list[dict[str, Any]],
+    source: str,
+    domains: list[str] | None,
+    *,
+    row_name: str = "row",
+    keys: tuple[str, str] = ("dev.{domain}", "external.{domain}"),
+) -> ScoreLog:
+    """A :class:`ScoreLog` from rows with ``dev.<domain>`` / ``external.<domain>`` cells."""
+    dev_key, ext_key = keys
+    path = source
     if not rows:
         raise LogError(f"{path}: no candidates in the log")
     columns = list(dict.fromkeys(k for row in rows for k in row))
     found = [c.removeprefix("dev.") for c in columns if c.startswith("dev.")]
+    kind = "column" if row_name == "row" else "user attribute"
     if not found:
-        raise LogError(f"{path}: no dev.<domain> column (columns: {columns[:10]})")
+        what = dev_key.format(domain="<domain>")
+        raise LogError(f"{path}: no {what} {kind} (columns: {columns[:10]})")
     chosen = list(domains or found)
     unknown = [d for d in chosen if d not in found]
     if unknown:
-        raise LogError(f"{path}: no column dev.{unknown[0]} (domains in the log: {found})")
+        key = dev_key.format(domain=unknown[0])
+        raise LogError(f"{path}: no {kind} {key} (domains in the log: {found})")
     dev = {d: np.empty(len(rows)) for d in chosen}
     ext = {d: np.full(len(rows), math.nan) for d in chosen}
     ids = []
     for i, row in enumerate(rows):
-        where = f"{path}: row {i + 1}"
         ids.append(str(row.get("candidate") or i + 1))
+        where = f"{path}: {row_name} {ids[-1] if row_name == 'trial' else i + 1}"
         for d in chosen:
-            dev[d][i] = score(row.get(f"dev.{d}"), f"{where}, dev.{d}", required=True)
-            ext[d][i] = score(row.get(f"external.{d}"), f"{where}, external.{d}", required=False)
-    return ScoreLog(source=str(path), domains=chosen, candidates=ids, dev=dev, external=ext)
+            dk, ek = dev_key.format(domain=d), ext_key.format(domain=d)
+            dev[d][i] = score(row.get(f"dev.{d}"), f"{where}, {dk}", required=True)
+            ext[d][i] = score(row.get(f"external.{d}"), f"{where}, {ek}", required=False)
+    return ScoreLog(source=path, domains=chosen, candidates=ids, dev=dev, external=ext)
 
 
 def monitor_log(

@@ -553,6 +553,29 @@ class Storage:
             StorageError: If there is no such study (the message lists the known ones), or it
                 is not a complete searchlab study of this schema version.
         """
+        record = StudyRecord(self, self.load_optuna(name))
+        schema = record.attrs.get(f"{PREFIX}schema")
+        if schema is None:
+            raise StorageError(f"study {name!r} in {redact(self.url)} is not a searchlab study")
+        if schema != SCHEMA_VERSION:
+            raise StorageError(
+                f"study {name!r} has schema version {schema}; this searchlab reads version "
+                f"{SCHEMA_VERSION}: use the searchlab release that wrote it"
+            )
+        if not isinstance(record.attrs.get(f"{PREFIX}config"), dict):
+            raise StorageError(
+                f"study {name!r} in {redact(self.url)} is incomplete: it has a searchlab schema "
+                "but no config (a 'study create' stopped half-way); run 'searchlab study "
+                "create' again to replace it"
+            )
+        return record
+
+    def load_optuna(self, name: str) -> optuna.Study:
+        """Opens any Optuna study of the storage (one plain Optuna wrote, say), read-only use.
+
+        Raises:
+            StorageError: If the storage holds no Optuna tables or no study of that name.
+        """
         import optuna
 
         if self._storage is None:
@@ -571,26 +594,11 @@ class Storage:
             try:
                 study = _retrying(self.url, f"load study {name!r}", load)
             except KeyError:
-                known = self.names()
+                known = [s.study_name for s in storage.get_all_studies()]
                 raise StorageError(
                     f"no study {name!r} in {redact(self.url)}; known: {known or 'none'}"
                 ) from None
-        record = StudyRecord(self, study)
-        schema = record.attrs.get(f"{PREFIX}schema")
-        if schema is None:
-            raise StorageError(f"study {name!r} in {redact(self.url)} is not a searchlab study")
-        if schema != SCHEMA_VERSION:
-            raise StorageError(
-                f"study {name!r} has schema version {schema}; this searchlab reads version "
-                f"{SCHEMA_VERSION}: use the searchlab release that wrote it"
-            )
-        if not isinstance(record.attrs.get(f"{PREFIX}config"), dict):
-            raise StorageError(
-                f"study {name!r} in {redact(self.url)} is incomplete: it has a searchlab schema "
-                "but no config (a 'study create' stopped half-way); run 'searchlab study "
-                "create' again to replace it"
-            )
-        return record
+        return study
 
 
 def _table_names(engine: Any) -> list[str]:

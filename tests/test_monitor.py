@@ -105,3 +105,66 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
         r = run_cli("monitor", *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+
+
+def test_a_plain_optuna_study_is_read_like_its_log(tmp_path: Path) -> None:
+    """Scores in trials' user attributes (as a plain Optuna loop would keep them, under its own
+    key names): the same verdicts and evidence as the same log as CSV."""
+    import optuna
+
+    from searchlab.monitor import read_optuna
+
+    csv_path = _log(tmp_path / "log.csv", seed=2, every=2)
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    study = optuna.create_study(study_name="plain", storage=url)
+    for row in rows:
+        trial = study.ask()
+        for d in ("weak", "healthy"):
+            trial.set_user_attr(f"{d}/dev", float(row[f"dev.{d}"]))
+            if row[f"external.{d}"]:
+                trial.set_user_attr(f"{d}/leaderboard", float(row[f"external.{d}"]))
+        study.tell(trial, 0.0)
+    plain = read_optuna(url, "plain", dev_key="{domain}/dev", external_key="{domain}/leaderboard")
+    from_csv = monitor_log(read_log(csv_path), settings=SETTINGS)["domains"]
+    from_optuna = monitor_log(plain, settings=SETTINGS)["domains"]
+    for d in ("weak", "healthy"):
+        ours, theirs = from_optuna[d], from_csv[d]
+        assert (ours["verdict"], ours["pairs"], ours["last"]) == (
+            theirs["verdict"],
+            theirs["pairs"],
+            theirs["last"],
+        )
+    # Switches name the trial number instead of the log's id.
+    assert [s["pair"] for s in from_optuna["weak"]["switches"]] == [
+        s["pair"] for s in from_csv["weak"]["switches"]
+    ]
+    r = run_cli(
+        "monitor",
+        "--optuna-storage",
+        url,
+        "--study",
+        "plain",
+        "--dev-key",
+        "{domain}/dev",
+        "--external-key",
+        "{domain}/leaderboard",
+        "--threshold",
+        "20",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["domains"]["healthy"]["verdict"] == "valid"
+    for args, message in [
+        (("--study", "nosuch"), "no study 'nosuch'"),
+        (("--study", "plain", "--dev-key", "dev"), "needs exactly one {domain}"),
+        (("--study", "plain"), "no user attribute of its 64 COMPLETE trials matches 'dev."),
+        (
+            ("--study", "plain", "--dev-key", "{domain}/dev", "--domains", "x"),
+            "no user attribute x/dev",
+        ),
+        ((), "give a LOG file, or --optuna-storage URL with --study NAME"),
+    ]:
+        r = run_cli("monitor", "--optuna-storage", url, *args)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
