@@ -2,8 +2,9 @@
 
 A loop that searchlab does not own (an agent editing a recipe, a cluster launcher, months of
 past runs) has a log of candidates in the order they happened, each with per-domain dev scores
-and some with external scores. :func:`read_log` reads one (CSV or JSON lines: columns
-``dev.<domain>`` and ``external.<domain>``, optionally ``candidate``); :func:`monitor_log` runs
+and some with external scores. :func:`read_log` reads one (CSV, JSON lines or parquet: columns
+``dev.<domain>`` and ``external.<domain>``, optionally ``candidate``), :func:`read_optuna` a
+study written by plain Optuna (scores in its trials' user attributes); :func:`monitor_log` runs
 each domain's validity test (:class:`~searchlab.validity.ValidityTest` and
 :class:`~searchlab.validity.DomainMonitor`) as the engine does: knots fixed from the first
 ``warmup`` candidates' dev, then one check per candidate with a new external score, on all the
