@@ -52,6 +52,29 @@ _TINY_STUDY: dict[str, Any] = {
 _NEUTRAL_CWD: str | None = None
 
 
+def simulated_study(
+    name: str, seed: int, domains: list[str], *, options: dict[str, Any], **sections: Any
+) -> dict[str, Any]:
+    """A study of the simulated back end over ``domains`` with its full recipe space (mixture,
+    learning rate, epochs, LoRA rank, template share, dropout); ``sections`` (rounds,
+    external, policy) are the study file's, given whole."""
+    return {
+        "name": name,
+        "seed": seed,
+        "domains": [{"name": d} for d in domains],
+        "space": {
+            "mixture": {"type": "mixture", "domains": list(domains)},
+            "learning_rate": {"type": "float", "low": 3e-6, "high": 3e-4, "log": True},
+            "epochs": {"type": "int", "low": 1, "high": 10},
+            "lora_rank": {"type": "categorical", "choices": [8, 16, 32]},
+            "template_share": {"type": "float", "low": 0.0, "high": 1.0},
+            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        },
+        "backend": {"name": "simulated", "options": options},
+        **sections,
+    }
+
+
 def tiny_study_data() -> dict[str, Any]:
     """A fresh (deep) copy of the tiny study as a dict, for tests to mutate."""
     return copy.deepcopy(_TINY_STUDY)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from agent_loop import run_agent
-from conftest import run_cli, sqlite_url, write_yaml
+from conftest import run_cli, simulated_study, sqlite_url, write_yaml
 
 from searchlab.backends import SimulatedBackend
 from searchlab.config import validate_study
@@ -21,28 +21,17 @@ WEAK = "equations"
 
 
 def _study(seed: int) -> dict[str, Any]:
-    return {
-        "name": "agent",
-        "seed": seed,
-        "domains": [{"name": d} for d in _DOMAINS],
-        "space": {
-            "mixture": {"type": "mixture", "domains": _DOMAINS},
-            "learning_rate": {"type": "float", "low": 3e-6, "high": 3e-4, "log": True},
-            "epochs": {"type": "int", "low": 1, "high": 10},
-            "lora_rank": {"type": "categorical", "choices": [8, 16, 32]},
-            "template_share": {"type": "float", "low": 0.0, "high": 1.0},
-            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        },
-        # A strong trap: template share inflates equations' dev while its external falls
-        # soon, so that 18 submissions are enough for the test to see it in any seed.
-        "backend": {
-            "name": "simulated",
-            "options": {"variant": "goodhart", "weak_domains": [WEAK], "b_g": 3.0, "a_p": 2.0},
-        },
-        "rounds": {"candidates": 6, "count": 6},
-        "external": {"per_round": 3, "total": 18},
-        "policy": {"warmup_rounds": 1, "threshold": 20, "hinge_form": "linear"},
-    }
+    # A strong trap: template share inflates equations' dev while its external falls soon, so
+    # that 18 submissions are enough for the test to see it in any seed.
+    return simulated_study(
+        "agent",
+        seed,
+        _DOMAINS,
+        options={"variant": "goodhart", "weak_domains": [WEAK], "b_g": 3.0, "a_p": 2.0},
+        rounds={"candidates": 6, "count": 6},
+        external={"per_round": 3, "total": 18},
+        policy={"warmup_rounds": 1, "threshold": 20, "hinge_form": "linear"},
+    )
 
 
 @pytest.mark.parametrize("seed", [3])

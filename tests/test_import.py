@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli, sqlite_url, write_yaml
+from conftest import run_cli, simulated_study, sqlite_url, write_yaml
 
 from searchlab.backends import SimulatedBackend
 from searchlab.config import validate_study
@@ -20,23 +20,15 @@ _DOMAINS = ["bit_manipulation", "gravity", "equations"]
 
 
 def _study() -> dict[str, Any]:
-    return {
-        "name": "warm",
-        "seed": 4,
-        "domains": [{"name": d} for d in _DOMAINS],
-        "space": {
-            "mixture": {"type": "mixture", "domains": _DOMAINS},
-            "learning_rate": {"type": "float", "low": 3e-6, "high": 3e-4, "log": True},
-            "epochs": {"type": "int", "low": 1, "high": 10},
-            "lora_rank": {"type": "categorical", "choices": [8, 16, 32]},
-            "template_share": {"type": "float", "low": 0.0, "high": 1.0},
-            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        },
-        "backend": {"name": "simulated", "options": {"variant": "goodhart", "b_g": 1.5}},
-        "rounds": {"candidates": 4, "count": 3},
-        "external": {"per_round": 2, "total": 10},
-        "policy": {"warmup_rounds": 1},
-    }
+    return simulated_study(
+        "warm",
+        4,
+        _DOMAINS,
+        options={"variant": "goodhart", "b_g": 1.5},
+        rounds={"candidates": 4, "count": 3},
+        external={"per_round": 2, "total": 10},
+        policy={"warmup_rounds": 1},
+    )
 
 
 def _past_runs(n: int = 8) -> list[dict[str, Any]]:

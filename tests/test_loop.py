@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sqlite_url
+from conftest import simulated_study, sqlite_url
 
 from searchlab.backends import SimulatedBackend
 from searchlab.config import validate_study
@@ -24,26 +24,15 @@ _DOMAINS = ["bit_manipulation", "gravity", "equations"]
 
 
 def _config(seed: int, name: str = "loop") -> dict[str, Any]:
-    return {
-        "name": name,
-        "seed": seed,
-        "domains": [{"name": d} for d in _DOMAINS],
-        "space": {
-            "mixture": {"type": "mixture", "domains": _DOMAINS},
-            "learning_rate": {"type": "float", "low": 3e-6, "high": 3e-4, "log": True},
-            "epochs": {"type": "int", "low": 1, "high": 10},
-            "lora_rank": {"type": "categorical", "choices": [8, 16, 32]},
-            "template_share": {"type": "float", "low": 0.0, "high": 1.0},
-            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        },
-        "backend": {
-            "name": "simulated",
-            "options": {"variant": "goodhart", "weak_domains": ["equations"], "b_g": 1.5},
-        },
-        "rounds": {"candidates": 4, "count": 4},
-        "external": {"per_round": 2, "total": 8},
-        "policy": {"warmup_rounds": 1},
-    }
+    return simulated_study(
+        name,
+        seed,
+        _DOMAINS,
+        options={"variant": "goodhart", "weak_domains": ["equations"], "b_g": 1.5},
+        rounds={"candidates": 4, "count": 4},
+        external={"per_round": 2, "total": 8},
+        policy={"warmup_rounds": 1},
+    )
 
 
 def _backend(config: Any) -> SimulatedBackend:
@@ -189,6 +178,9 @@ def test_an_enqueued_recipe_outside_the_space(opened: Study, recipe: Any, messag
         "mixture.equations": 0.3,
         "template_share": 0.5,
         "epochs": 3,
+        "learning_rate": 1e-4,
+        "lora_rank": 16,
+        "lora_dropout": 0.1,
     }
     before = _stored(opened)
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
