@@ -34,6 +34,7 @@ import importlib
 import importlib.metadata
 import inspect
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -109,12 +110,9 @@ def check_scores(
                     f"candidate {candidate}: {what}[{domain!r}] must be a number or (accuracy, n)"
                 )
             value, n = value
-            whole = (
-                isinstance(n, int | float)
-                and not isinstance(n, bool)
-                and math.isfinite(n)
-                and n >= 1
-                and n == int(n)
+            # Any integer type (NumPy's too), or a float that is a whole number.
+            whole = (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1) or (
+                isinstance(n, float) and n.is_integer() and n >= 1
             )
             if not whole:
                 raise BackendError(
@@ -124,7 +122,7 @@ def check_scores(
             n = int(n)
         try:
             score = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BackendError(
                 f"candidate {candidate}: {what}[{domain!r}] is not a number: {value!r}"
             ) from None

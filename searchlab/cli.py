@@ -373,7 +373,7 @@ def _read_json(source: str, option: str) -> Any:
         raise SearchlabError(f"{option} {where}: cannot read it ({exc})") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers longer than Python converts
         raise SearchlabError(f"{option} {where}: not JSON ({exc})") from None
 
 

@@ -333,14 +333,19 @@ class Engine:
 
     # -- propose ----------------------------------------------------------------------------
 
-    def _propose(self, r: int) -> None:
+    def _propose(self, r: int, *, attempt: int = 0) -> None:
+        """Proposes round ``r``'s missing candidates (all, or a top-up after a crash).
+
+        ``attempt`` > 0 re-proposes a round whose candidates all failed (a caller's loop told
+        them so): the draws then use another seed, so the same recipes are not handed out again.
+        """
         k = self.config.rounds.candidates
         existing = [c for c in self.record.candidates() if c.round == r]
         need = k - len([c for c in existing if c.state != CandidateState.FAIL])
         modes = dict(zip(self.domains, self.modes, strict=True))
         if need > 0 and r < self.config.policy.warmup_rounds:
             # Quasi-random warm-up; a top-up after a crash skips the points already enqueued.
-            seed = self.config.seed * 1000 + r
+            seed = self.config.seed * 1000 + r + 1_000_000 * attempt
             recipes = self.space.quasi_random(k, seed=seed)[k - need :]
             for recipe in recipes:
                 self.record.enqueue(
@@ -367,7 +372,7 @@ class Engine:
                 x_pending=np.asarray(pending) if pending else None,
                 q=need,
                 discrete_dims=self.space.discrete_dims(),
-                seed=self.config.seed * 1000 + r,
+                seed=self.config.seed * 1000 + r + 1_000_000 * attempt,
             )
             self.timings["propose"] += time.perf_counter() - t0
             for i, x in enumerate(batch.x):
@@ -573,7 +578,9 @@ class Engine:
         externals = self.externals()
         left = self.config.external.total - self.budget_used()
         in_round = sum(1 for s in externals.values() if s["round"] == r)
-        open_numbers = [n for n in models.numbers if n not in externals]
+        # Imported runs (round -1) have no artefact a back end could submit: never planned.
+        imported = {c.number for c in self.record.candidates() if c.round < 0}
+        open_numbers = [n for n in models.numbers if n not in externals and n not in imported]
         rows = {n: models.numbers.index(n) for n in open_numbers}
         choices = choose_submissions(
             SubmissionRound(

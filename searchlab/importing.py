@@ -126,7 +126,7 @@ def _cell(value: Any, key: str, space: SearchSpace, text: bool, where: str) -> A
         return same[0] if same else value
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise LogError(f"{where}, {key}: not a number ({str(value)[:40]!r})") from None
     return int(number) if isinstance(param, IntParam) and number.is_integer() else number
 
@@ -136,7 +136,7 @@ def _count(value: Any, where: str, *, default: int) -> int:
         return default
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise LogError(f"{where}: not a number ({str(value)[:40]!r})") from None
     if isinstance(value, bool) or not number.is_integer() or number < 0:
         raise LogError(f"{where}: {value!r} is not a whole number of at least 0")
@@ -151,10 +151,10 @@ def import_runs(engine: Engine, runs: list[ImportedRun], *, source: str) -> list
             it does not rewrite one that ran).
     """
     record = engine.record
-    if record.round_state(0) is not None or record.finished:
+    if record.round_state(0) is not None or record.finished or record.candidates():
         raise LogError(
-            f"study {record.name!r} has started: runs are imported before its first round "
-            "(study init, then study import)"
+            f"study {record.name!r} has candidates already: runs are imported once, into a "
+            "study that has none (study init, then study import)"
         )
     distributions = engine.space.distributions()
     numbers = [

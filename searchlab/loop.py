@@ -236,16 +236,16 @@ class Study:
                 c.state in (CandidateState.WAITING, CandidateState.RUNNING, CandidateState.COMPLETE)
                 for c in in_round
             )
-            if not Phase.PROPOSED.reached(state) or (
-                stalled and not Phase.EVALUATED.reached(state)
-            ):
-                # A new round, or one whose candidates all failed: the engine proposes (what
-                # a resumed run does for a round cut short).
+            if not Phase.PROPOSED.reached(state):
                 engine._propose(r)
+            elif stalled and not Phase.EVALUATED.reached(state):
+                # Every candidate of the round failed: proposed again, with other draws.
+                failed = sum(1 for c in in_round if c.state == CandidateState.FAIL)
+                engine._propose(r, attempt=max(1, failed // self.config.rounds.candidates))
             distributions = engine.space.distributions()
             out = []
             for _ in range(n):
-                trial = self.record.start_next(distributions)
+                trial = self.record.start_next(distributions, round=r)
                 if trial is None:
                     break
                 c = engine._candidate(trial.number)
@@ -283,7 +283,8 @@ class Study:
                 _known_domains(items, self.config.domain_names, f"candidate {number}: items")
                 given = {d: (v, items[d]) if d in items else v for d, v in given.items()}
             scores = _checked(check_scores, given, self.config.domain_names, "dev", number)
-            kept = {"recipe": c.recipe, "candidate": number, **dict(artefact or {})}
+            # searchlab's keys last: the caller's artefact cannot replace the recipe.
+            kept = {**dict(artefact or {}), "recipe": c.recipe, "candidate": number}
             try:
                 self.record.finish(
                     number,
@@ -355,6 +356,10 @@ class Study:
         if (external is None) == (error is None):
             raise LoopError(f"candidate {number}: give the external scores or the error, not both")
         with self._step() as engine:
+            if self.record.finished:
+                raise LoopError(
+                    f"study {self.record.name!r} is finished: its recommendation stands"
+                )
             c = self._known(number)
             sub = self.record.submissions().get(number)
             if sub is not None and sub.get("state") != SubmissionState.PLANNED:
@@ -487,6 +492,12 @@ class Study:
                 return f"round {r}: ask for candidates ({len(waiting)} waiting)"
             if open_:
                 return f"round {r}: tell the scores of candidates {_list(open_)}"
+            done = any(
+                c.round == r and c.state == CandidateState.COMPLETE
+                for c in self.record.candidates()
+            )
+            if not done and not Phase.EVALUATED.reached(state):
+                return f"round {r}: every candidate failed; ask for new ones"
             if not Phase.PLANNED.reached(state):
                 return f"round {r}: plan its submissions"
             planned = [

@@ -105,7 +105,7 @@ def read_optuna(
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     before, after = dev_key.split("{domain}")
     pattern = re.compile(re.escape(before) + "(.+)" + re.escape(after) + "$")
-    found = {m.group(1) for t in complete for k in t.user_attrs if (m := pattern.match(k))}
+    found = sorted({m.group(1) for t in complete for k in t.user_attrs if (m := pattern.match(k))})
     if not found:
         seen = sorted({k for t in complete for k in t.user_attrs})[:10]
         raise LogError(
@@ -116,8 +116,8 @@ def read_optuna(
     for t in complete:
         row: dict[str, Any] = {"candidate": str(t.number)}
         for d in found:
-            row[f"dev.{d}"] = t.user_attrs.get(dev_key.format(domain=d))
-            row[f"external.{d}"] = t.user_attrs.get(external_key.format(domain=d))
+            row[f"dev.{d}"] = t.user_attrs.get(dev_key.replace("{domain}", d))
+            row[f"external.{d}"] = t.user_attrs.get(external_key.replace("{domain}", d))
         rows.append(row)
     # Messages name the trial and the attribute the user wrote, not the internal column.
     return _score_log(
@@ -142,12 +142,12 @@ def _score_log(
     found = [c.removeprefix("dev.") for c in columns if c.startswith("dev.")]
     kind = "column" if row_name == "row" else "user attribute"
     if not found:
-        what = dev_key.format(domain="<domain>")
+        what = dev_key.replace("{domain}", "<domain>")
         raise LogError(f"{path}: no {what} {kind} (columns: {columns[:10]})")
     chosen = list(domains or found)
     unknown = [d for d in chosen if d not in found]
     if unknown:
-        key = dev_key.format(domain=unknown[0])
+        key = dev_key.replace("{domain}", unknown[0])
         raise LogError(f"{path}: no {kind} {key} (domains in the log: {found})")
     dev = {d: np.empty(len(rows)) for d in chosen}
     ext = {d: np.full(len(rows), math.nan) for d in chosen}
@@ -156,7 +156,7 @@ def _score_log(
         ids.append(str(row.get("candidate") or i + 1))
         where = f"{path}: {row_name} {ids[-1] if row_name == 'trial' else i + 1}"
         for d in chosen:
-            dk, ek = dev_key.format(domain=d), ext_key.format(domain=d)
+            dk, ek = dev_key.replace("{domain}", d), ext_key.replace("{domain}", d)
             dev[d][i] = score(row.get(f"dev.{d}"), f"{where}, {dk}", required=True)
             ext[d][i] = score(row.get(f"external.{d}"), f"{where}, {ek}", required=False)
     return ScoreLog(source=path, domains=chosen, candidates=ids, dev=dev, external=ext)

@@ -102,7 +102,7 @@ def score(value: Any, where: str, *, required: bool) -> float:
         raise LogError(f"{where}: not a number ({value!r})")
     try:
         x = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise LogError(f"{where}: not a number ({str(value)[:40]!r})") from None
     if not 0.0 <= x <= 1.0:  # NaN fails this too
         raise LogError(f"{where}: {x!r} is not a score in [0, 1]")

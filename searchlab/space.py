@@ -221,11 +221,12 @@ class SearchSpace:
             number = (
                 value if isinstance(value, int | float) and not isinstance(value, bool) else None
             )
-            if number is None or not math.isfinite(number):
+            # An int is finite however long (math.isfinite would overflow converting it).
+            if number is None or not (isinstance(number, int) or math.isfinite(number)):
                 raise RecipeError(f"recipe key {d.key!r} = {value!r} is not a finite number")
             if isinstance(p, MixtureParam):
-                if number < 0:
-                    raise RecipeError(f"recipe key {d.key!r} = {value!r} is below 0")
+                if not 0 <= number <= 1:
+                    raise RecipeError(f"recipe key {d.key!r} = {value!r} is outside [0, 1]")
                 sums[d.group or ""] = sums.get(d.group or "", 0.0) + float(number)
                 out[d.key] = float(number)
                 continue

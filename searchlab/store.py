@@ -594,7 +594,7 @@ class Storage:
             try:
                 study = _retrying(self.url, f"load study {name!r}", load)
             except KeyError:
-                known = [s.study_name for s in storage.get_all_studies()]
+                known = sorted(s.study_name for s in storage.get_all_studies())
                 raise StorageError(
                     f"no study {name!r} in {redact(self.url)}; known: {known or 'none'}"
                 ) from None
@@ -907,8 +907,11 @@ class StudyRecord:
 
         return _retrying(self._store.url, "store an imported candidate", create)
 
-    def start_next(self, distributions: Mapping[str, Any]) -> optuna.Trial | None:
-        """Takes the oldest WAITING candidate and marks it RUNNING; None when there is none.
+    def start_next(
+        self, distributions: Mapping[str, Any], *, round: int | None = None
+    ) -> optuna.Trial | None:
+        """Takes the oldest WAITING candidate (of ``round``, if given) and marks it RUNNING;
+        None when there is none.
 
         Safe with several processes on one storage: on PostgreSQL (and MySQL) Optuna moves a
         trial from WAITING to RUNNING under a row lock (``SELECT ... FOR UPDATE``), and the
@@ -927,6 +930,8 @@ class StudyRecord:
             for t in storage.get_all_trials(
                 self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)
             ):
+                if round is not None and t.user_attrs.get(f"{PREFIX}round") != round:
+                    continue
                 try:
                     if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                         continue  # another process took it first

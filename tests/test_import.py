@@ -68,6 +68,7 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _init(tmp_path: Path) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     url = sqlite_url(tmp_path / "s.db")
     done = run_cli(
         "study", "init", str(write_yaml(tmp_path / "s.yaml", _study())), "--storage", url
@@ -156,9 +157,14 @@ def test_a_bad_row_is_one_line_and_nothing_is_stored(
 
 def test_import_refuses_a_study_that_started(tmp_path: Path) -> None:
     url = _init(tmp_path)
+    path = _write(tmp_path / "runs.jsonl", _past_runs(2))
+    assert run_cli("study", "import", "warm", str(path), "--storage", url).returncode == 0
+    again = run_cli("study", "import", "warm", str(path), "--storage", url)
+    assert again.returncode == 2 and "imported once" in again.stderr
+    url = _init(tmp_path / "other")
     assert run_cli("study", "ask", "warm", "--storage", url).returncode == 0
     path = _write(tmp_path / "runs.jsonl", _past_runs(2))
     done = run_cli("study", "import", "warm", str(path), "--storage", url)
-    assert done.returncode == 2 and "has started" in done.stderr
+    assert done.returncode == 2 and "has candidates already" in done.stderr
     missing = run_cli("study", "import", "warm", str(tmp_path / "nope.csv"), "--storage", url)
     assert missing.returncode == 2 and "no such file" in missing.stderr

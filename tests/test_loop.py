@@ -82,6 +82,9 @@ def test_a_driven_study_is_the_engines_study(tmp_path: Path, seed: int) -> None:
     assert attrs_driven == attrs_own
     kinds = {e["kind"] for e in study.record.audit_log()}
     assert {AuditKind.SUBMISSION, AuditKind.VALIDITY_CHECK, AuditKind.RECOMMENDATION} <= kinds
+    unsubmitted = next(n for n, *_ in trials_driven if n not in study.record.submissions())
+    with pytest.raises(LoopError, match="is finished"):
+        study.tell_external(unsubmitted, external=_dev())
 
 
 @pytest.fixture
@@ -271,3 +274,42 @@ def test_two_drivers_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     subs = study.record.submissions()
     assert sorted(s["submission"] for s in subs.values()) == list(range(len(subs)))
     assert {n for n, s in subs.items() if s["state"] == "done"} == set(all_told)
+
+
+def test_a_round_whose_candidates_all_failed_is_proposed_again(opened: Study) -> None:
+    first = opened.ask(4)
+    for c in first:
+        opened.tell_failed(c.number, "out of memory")
+    assert "every candidate failed" in opened.next_step()
+    again = opened.ask(4)
+    assert len(again) == 4 and {a.round for a in again} == {0}
+    assert not {json.dumps(a.recipe, sort_keys=True) for a in again} & {
+        json.dumps(c.recipe, sort_keys=True) for c in first
+    }
+
+
+def test_what_the_caller_keeps_cannot_replace_the_recipe(opened: Study) -> None:
+    (c,) = opened.ask(1)
+    opened.tell(c.number, dev=_dev(), artefact={"recipe": "ckpt.yaml", "path": "/ckpt/3"})
+    stored = next(x for x in opened.record.candidates() if x.number == c.number).artefact
+    assert stored == {"recipe": c.recipe, "candidate": c.number, "path": "/ckpt/3"}
+
+
+def test_huge_numbers_are_one_line_errors(opened: Study) -> None:
+    (c,) = opened.ask(1)
+    with pytest.raises(LoopError, match="is not a number"):
+        opened.tell(c.number, dev=_dev(gravity=10**400))
+    with pytest.raises(RecipeError, match="outside its bounds"):
+        opened.enqueue(
+            {
+                "mixture.bit_manipulation": 0.3,
+                "mixture.gravity": 0.4,
+                "mixture.equations": 0.3,
+                "template_share": 0.5,
+                "epochs": 10**400,
+                "learning_rate": 1e-4,
+                "lora_rank": 16,
+                "lora_dropout": 0.1,
+            },
+            source="agent",
+        )
