@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,17 +224,21 @@ def test_enqueued_candidates_take_slots_and_keep_their_source(opened: Study) -> 
 # -- two drivers at once --------------------------------------------------------------------
 
 
-def _driver(url: str, name: str, log: str) -> None:
-    """One process's loop: every candidate it is handed and every external it tells, logged."""
+def _driver(url: str, name: str, log: str, start: Any) -> None:
+    """One process's loop: every candidate it is handed and every external it tells, logged.
+    Both start together (``start``, a barrier) and "train" for a moment, as a real loop would,
+    so that each finds the other's candidates out when it asks."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     study = Study.open(name, storage=url, publish=False)
     backend = _backend(study.config)
+    start.wait(timeout=300)
     with open(log, "a") as f:
         while not study.finished:
-            for c in study.ask(2):
+            for c in study.ask(1):
                 art = backend.train(
                     c.recipe, candidate=c.number, seed=candidate_seed(study.config, c.number)
                 )
+                time.sleep(0.5)
                 f.write(json.dumps({"asked": c.number}) + "\n")
                 f.flush()
                 study.tell(c.number, dev=backend.evaluate(art), artefact=art)
@@ -254,7 +259,8 @@ def test_two_drivers_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     Study.create(_config(2, name="two-drivers"), storage=pg_url, publish=False)
     logs = [str(tmp_path / f"driver-{i}.jsonl") for i in range(2)]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_driver, args=(pg_url, "two-drivers", log)) for log in logs]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_driver, args=(pg_url, "two-drivers", log, start)) for log in logs]
     for p in procs:
         p.start()
     for p in procs:
