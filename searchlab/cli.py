@@ -91,9 +91,9 @@ def _trust(flag: bool) -> bool | None:
 
 
 def _storage_url(storage: str | None) -> str:
-    from searchlab.store import DEFAULT_STORAGE
+    from searchlab.store import storage_url
 
-    return storage or os.environ.get("SEARCHLAB_STORAGE") or DEFAULT_STORAGE
+    return storage_url(storage)
 
 
 class _Display:

@@ -192,7 +192,7 @@ class Study:
             StudyStateError: If the storage already holds a study of that name.
         """
         from searchlab.config import StudyConfig, load_study_file, validate_study
-        from searchlab.store import Storage
+        from searchlab.store import Storage, storage_url
 
         if isinstance(source, StudyConfig):
             config = source
@@ -202,7 +202,7 @@ class Study:
             config = load_study_file(source)
         if name is not None or seed is not None:
             config = config.with_overrides(name=name, seed=seed)
-        store = Storage(_url(storage), create=True)
+        store = Storage(storage_url(storage), create=True)
         with store.lease(config.name):
             record = store.create(config)
         return cls(record, config, **kwargs)
@@ -211,9 +211,9 @@ class Study:
     def open(cls, name: str, *, storage: str | None = None, **kwargs: Any) -> Study:
         """Opens a stored study (created here, by ``study create`` or ``study init``)."""
         from searchlab.config import stored_config
-        from searchlab.store import Storage
+        from searchlab.store import Storage, storage_url
 
-        record = Storage(_url(storage)).load(name)
+        record = Storage(storage_url(storage)).load(name)
         return cls(record, stored_config(record.config_data), **kwargs)
 
     # -- the caller's side ----------------------------------------------------------------
@@ -625,14 +625,6 @@ class _TruthOnly:
         for name in ("true_external", "optimum"):
             if hasattr(backend, name):
                 setattr(self, name, getattr(backend, name))
-
-
-def _url(storage: str | None) -> str:
-    import os
-
-    from searchlab.store import DEFAULT_STORAGE
-
-    return storage or os.environ.get("SEARCHLAB_STORAGE") or DEFAULT_STORAGE
 
 
 def _source(c: Candidate) -> str:

@@ -250,6 +250,11 @@ def _sqlite_path(url: str) -> str | None:
     return None if path in ("", ":memory:") or "mode=memory" in url else path
 
 
+def storage_url(storage: str | None) -> str:
+    """The storage URL given, else ``$SEARCHLAB_STORAGE``, else :data:`DEFAULT_STORAGE`."""
+    return storage or os.environ.get("SEARCHLAB_STORAGE") or DEFAULT_STORAGE
+
+
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -865,13 +870,7 @@ class StudyRecord:
             system_attrs={"fixed_params": dict(recipe)},
             user_attrs={f"{PREFIX}round": round, f"{PREFIX}proposal": _jsonable(dict(proposal))},
         )
-        storage = self.study._storage
-
-        def create() -> int:
-            trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
-            return storage.get_trial_number_from_id(trial_id)
-
-        return _retrying(self._store.url, "enqueue a candidate", create)
+        return self._create_trial(template, "enqueue a candidate")
 
     def add_complete(
         self,
@@ -899,13 +898,17 @@ class StudyRecord:
                 f"{PREFIX}dev_n": dict(dev_n),
             },
         )
+        return self._create_trial(template, "store an imported candidate")
+
+    def _create_trial(self, template: Any, action: str) -> int:
+        """Creates a trial from an Optuna ``FrozenTrial`` template; returns its number."""
         storage = self.study._storage
 
         def create() -> int:
             trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
             return storage.get_trial_number_from_id(trial_id)
 
-        return _retrying(self._store.url, "store an imported candidate", create)
+        return _retrying(self._store.url, action, create)
 
     def start_next(
         self, distributions: Mapping[str, Any], *, round: int | None = None
