@@ -24,16 +24,23 @@ The batch is chosen by ``qLogNoisyExpectedImprovement`` (Ament et al. 2023, "Une
 improvements to expected improvement for Bayesian optimization"): greedy sequential selection,
 each new point conditioned on the earlier ones as pending, with the mixed optimiser of BoTorch
 (``optimize_acqf_mixed_alternating``) for integer and categorical coordinates.
+
+A ``pareto`` study (:mod:`searchlab.objective`) keeps the ``K`` per-domain scores ``c_d`` apart,
+``samples @ C`` with ``C`` of shape ``(m, K)``, and chooses each point of the batch by
+``qLogNParEGO`` with its own scalarisation weights. Floors are outcome constraints of either
+acquisition, ``tau - samples[..., j] <= 0`` on the output ``j`` the floor holds up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from searchlab.objective import FloorTask, ObjectiveType, ResolvedFloor
 from searchlab.store import Mode
 from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate, quiet_numerics
 
@@ -50,13 +57,41 @@ class Batch:
     predicted_objective: list[float]  # q, posterior mean of g(x)
 
 
+def objective_matrix(
+    surrogates: Sequence[DomainSurrogate], modes: Sequence[Mode], dev_penalty: float
+) -> np.ndarray:
+    """Each domain's score ``c_d`` as a column over the stacked outputs of every domain's model.
+
+    Args:
+        surrogates: One fitted surrogate per domain, in domain order.
+        modes: ``K`` modes, ``proxy`` or ``decoupled``.
+        dev_penalty: lambda.
+
+    Returns:
+        ``(m, K)`` with ``m = sum_d num_outputs_d``; column ``d`` is zero outside domain ``d``'s
+        outputs.
+    """
+    offsets = np.cumsum([0] + [s.num_outputs for s in surrogates])
+    matrix = np.zeros((int(offsets[-1]), len(surrogates)))
+    for d, (s, mode) in enumerate(zip(surrogates, modes, strict=True)):
+        if mode == Mode.DECOUPLED and s.two_task:
+            # ext - lambda * (dev - ext): the penalty is on the proxy gap (module docstring).
+            matrix[offsets[d] + EXTERNAL, d] = 1.0 + dev_penalty
+            matrix[offsets[d] + DEV, d] = -dev_penalty
+        else:
+            # Proxy mode, or a decoupled domain without an external model yet (cannot happen
+            # after a switch, which needs paired observations; kept as the safe reading).
+            matrix[offsets[d] + DEV, d] = 1.0
+    return matrix
+
+
 def objective_coefficients(
     surrogates: Sequence[DomainSurrogate],
     weights: Sequence[float],
     modes: Sequence[Mode],
     dev_penalty: float,
 ) -> np.ndarray:
-    """Coefficients of g over the stacked outputs of every domain's model.
+    """Coefficients of ``g = sum_d w_d c_d`` over the stacked outputs of every domain's model.
 
     Args:
         surrogates: One fitted surrogate per domain, in domain order.
@@ -67,19 +102,30 @@ def objective_coefficients(
     Returns:
         ``sum_d num_outputs_d`` coefficients.
     """
-    coef: list[float] = []
-    for s, w, mode in zip(surrogates, weights, modes, strict=True):
-        block = [0.0] * s.num_outputs
-        if mode == Mode.DECOUPLED and s.two_task:
-            # ext - lambda * (dev - ext): the penalty is on the proxy gap (module docstring).
-            block[EXTERNAL] = (1.0 + dev_penalty) * w
-            block[DEV] = -dev_penalty * w
-        else:
-            # Proxy mode, or a decoupled domain without an external model yet (cannot happen
-            # after a switch, which needs paired observations; kept as the safe reading).
-            block[DEV] = w
-        coef += block
-    return np.asarray(coef, dtype=float)
+    # Each row has one non-zero entry, so the product is exact: ``(1 + lambda) * w`` and so on.
+    matrix = objective_matrix(surrogates, modes, dev_penalty)
+    return (matrix * np.asarray(weights, dtype=float)).sum(axis=1)
+
+
+def floor_outputs(
+    surrogates: Sequence[DomainSurrogate],
+    domains: Sequence[str],
+    floors: Sequence[ResolvedFloor],
+) -> list[tuple[int, float]]:
+    """``(output index j, threshold tau)`` of every floor whose threshold is known.
+
+    A floor on external holds up the external output of a two-task domain model, and dev while
+    the domain has no external model yet (searchlab.objective).
+    """
+    offsets = np.cumsum([0] + [s.num_outputs for s in surrogates])
+    out = []
+    for f in floors:
+        if f.threshold is None:
+            continue
+        d = list(domains).index(f.domain)
+        task = EXTERNAL if f.task == FloorTask.EXTERNAL and surrogates[d].two_task else DEV
+        out.append((int(offsets[d]) + task, float(f.threshold)))
+    return out
 
 
 def propose_batch(
@@ -96,6 +142,9 @@ def propose_batch(
     raw_samples: int = 128,
     num_restarts: int = 3,
     mixed: bool = False,
+    objective: ObjectiveType = ObjectiveType.WEIGHTED,
+    domains: Sequence[str] = (),
+    floors: Sequence[ResolvedFloor] = (),
 ) -> Batch:
     """Chooses ``q`` new recipes.
 
@@ -115,6 +164,9 @@ def propose_batch(
         mixed: Optimise integer and categorical coordinates over their values with BoTorch's
             alternating mixed optimiser (exact; in one 4-round profile 125 s of proposing against
             33 s relaxed, MC samples also halved in between) instead of relaxing them.
+        objective: ``weighted`` (qLogNEI of ``g``) or ``pareto`` (qLogNParEGO per point).
+        domains: ``K`` domain names, in the surrogates' order (to place the floors).
+        floors: Outcome constraints; those without a threshold yet are left out.
 
     Returns:
         The batch, in ``[0, 1]^d`` (mixture coordinates not yet projected).
@@ -130,9 +182,22 @@ def propose_batch(
     model = ModelList(*[s.model for s in surrogates])
     d = x_baseline.shape[1]
     bounds = torch.stack([torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype)])
+    constraints = [
+        partial(_below_floor, index=j, threshold=tau)
+        for j, tau in floor_outputs(surrogates, domains, floors)
+    ]
     with quiet_numerics():
-        acqf = _acquisition(model, coef, x_baseline, x_pending, seed)
-        x, values = _optimise(acqf, bounds, q, discrete_dims, mixed, raw_samples, num_restarts)
+        if objective == ObjectiveType.PARETO:
+            matrix = torch.as_tensor(objective_matrix(surrogates, modes, dev_penalty), dtype=dtype)
+            x, values = _pareto_batch(
+                model, matrix, constraints, x_baseline, x_pending, q, seed,
+                lambda acqf, k: _optimise(
+                    acqf, bounds, k, discrete_dims, mixed, raw_samples, num_restarts
+                ),
+            )  # fmt: skip
+        else:
+            acqf = _acquisition(model, coef, x_baseline, x_pending, seed, constraints)
+            x, values = _optimise(acqf, bounds, q, discrete_dims, mixed, raw_samples, num_restarts)
         with torch.no_grad():
             means = model.posterior(x).mean @ coef
     vals = values.reshape(-1).tolist() if values is not None else [float("nan")] * q
@@ -145,25 +210,51 @@ def propose_batch(
     )
 
 
+def _below_floor(samples: torch.Tensor, *, index: int, threshold: float) -> torch.Tensor:
+    """BoTorch outcome constraint ``tau - samples[..., j]``: feasible where it is <= 0.
+
+    ``samples`` of shape ``sample_shape x batch x q x m``; the result drops the last dimension.
+    """
+    return threshold - samples[..., index]
+
+
+def _sampler(model: Any, seed: int) -> Any:
+    """One quasi-MC sampler per domain model: a ModelList's posterior is a PosteriorList."""
+    import torch
+    from botorch.sampling.list_sampler import ListSampler
+    from botorch.sampling.normal import SobolQMCNormalSampler
+
+    return ListSampler(
+        *[
+            SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=seed + i)
+            for i in range(len(model.models))
+        ]
+    )
+
+
+def _tensor_or_none(x: np.ndarray | None) -> torch.Tensor | None:
+    import torch
+
+    return None if x is None or len(x) == 0 else torch.as_tensor(x, dtype=torch.float64)
+
+
 def _acquisition(
     model: Any,
     coef: torch.Tensor,
     x_baseline: np.ndarray,
     x_pending: np.ndarray | None,
     seed: int,
+    constraints: list[Any] | None = None,
 ) -> Any:
     """qLogNEI of the linear objective ``samples @ coef`` over the domains' models.
 
     ``model`` is a ``ModelList`` of the ``K`` domain models (``m`` outputs in all), ``coef`` of
-    shape ``(m,)``, ``x_baseline`` ``(n, d)``, ``x_pending`` ``(p, d)`` or None.
+    shape ``(m,)``, ``x_baseline`` ``(n, d)``, ``x_pending`` ``(p, d)`` or None; ``constraints``
+    are outcome constraints on the same samples (:func:`_below_floor`).
     """
     import torch
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
     from botorch.acquisition.objective import GenericMCObjective
-    from botorch.sampling.list_sampler import ListSampler
-    from botorch.sampling.normal import SobolQMCNormalSampler
-
-    dtype = torch.float64
 
     def g(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
         # samples: sample_shape x batch x q x m  ->  sample_shape x batch x q
@@ -171,21 +262,62 @@ def _acquisition(
 
     return qLogNoisyExpectedImprovement(
         model=model,
-        X_baseline=torch.as_tensor(x_baseline, dtype=dtype),
-        # One quasi-MC sampler per domain model: a ModelList's posterior is a PosteriorList.
-        sampler=ListSampler(
-            *[
-                SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=seed + i)
-                for i in range(len(model.models))
-            ]
-        ),
+        X_baseline=torch.as_tensor(x_baseline, dtype=torch.float64),
+        sampler=_sampler(model, seed),
         objective=GenericMCObjective(g),
-        X_pending=None
-        if x_pending is None or len(x_pending) == 0
-        else torch.as_tensor(x_pending, dtype=dtype),
+        X_pending=_tensor_or_none(x_pending),
+        constraints=constraints or None,
         prune_baseline=True,
         cache_root=False,
     )
+
+
+def _pareto_batch(
+    model: Any,
+    matrix: torch.Tensor,
+    constraints: list[Any],
+    x_baseline: np.ndarray,
+    x_pending: np.ndarray | None,
+    q: int,
+    seed: int,
+    optimise: Callable[[Any, int], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` points, each maximising qLogNParEGO of ``samples @ matrix`` (``(m, K)``: the ``K``
+    per-domain scores) with its own scalarisation weights, the earlier points pending.
+
+    The weights are ``q`` quasi-random points of the ``K``-simplex, so one batch spreads over
+    the trade-offs. Returns ``x`` of shape ``(q, d)`` and the ``q`` acquisition values.
+    """
+    import torch
+    from botorch.acquisition.multi_objective.objective import GenericMCMultiOutputObjective
+    from botorch.acquisition.multi_objective.parego import qLogNParEGO
+    from botorch.utils.sampling import sample_simplex
+
+    def scores(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+        # samples: sample_shape x batch x q x m  ->  sample_shape x batch x q x K
+        return samples @ matrix
+
+    weights = sample_simplex(matrix.shape[1], n=q, qmc=True, seed=seed, dtype=torch.float64)
+    baseline = torch.as_tensor(x_baseline, dtype=torch.float64)
+    pending = _tensor_or_none(x_pending)
+    points, values = [], []
+    for i in range(q):
+        acqf = qLogNParEGO(
+            model=model,
+            X_baseline=baseline,
+            scalarization_weights=weights[i],
+            sampler=_sampler(model, seed),
+            objective=GenericMCMultiOutputObjective(scores),
+            constraints=constraints or None,
+            X_pending=pending,
+            prune_baseline=True,
+            cache_root=False,
+        )
+        x, value = optimise(acqf, 1)
+        points.append(x.reshape(1, -1))
+        values.append(value.reshape(-1))
+        pending = points[-1] if pending is None else torch.cat([pending, points[-1]])
+    return torch.cat(points), torch.cat(values)
 
 
 def _optimise(

@@ -236,6 +236,17 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"{_fmt(best.get('true_external'))}, regret {_fmt(best.get('regret'))}",
             markup=False,
         )
+    objective = s.get("objective") or {}
+    for f in objective.get("floors") or []:
+        out.print(
+            f"floor: {f['domain']} {f['task']} >= {_fmt(f['threshold'])} ({f['basis']})",
+            markup=False,
+        )
+    if rec.get("meets_floors") is False:
+        out.print("warning: no candidate meets the floors (the least short is shown)", markup=False)
+    if objective.get("front"):
+        members = ", ".join(str(m["candidate"]) for m in objective["front"])
+        out.print(f"pareto front: {len(objective['front'])} candidates ({members})", markup=False)
 
 
 @study_app.command("create")

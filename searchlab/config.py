@@ -60,6 +60,7 @@ from pydantic import (
 )
 
 from searchlab.errors import StudyFileError
+from searchlab.objective import FloorTask, ObjectiveType
 from searchlab.surrogate import SurrogateForm
 from searchlab.validity import MIN_PAIRS, DetectorSettings, HingeForm
 
@@ -365,6 +366,33 @@ class PolicyConfig(_Strict):
         return self
 
 
+class FloorConfig(_Strict):
+    """A no-regression floor on one domain's score (searchlab.objective explains its use)."""
+
+    domain: str
+    task: FloorTask = FloorTask.EXTERNAL
+    at_least: float | None = Field(default=None, ge=0, le=1)
+    # The baseline candidate's measured score minus this (needs objective.baseline).
+    below_baseline: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FloorConfig:
+        if (self.at_least is None) == (self.below_baseline is None):
+            raise ValueError("a floor takes exactly one of at_least and below_baseline")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    """Weighted sum or Pareto front over domains, per-domain floors, and a baseline recipe."""
+
+    type: ObjectiveType = ObjectiveType.WEIGHTED
+    floors: list[FloorConfig] = Field(default_factory=list, max_length=MAX_DOMAINS * 2)
+    # A recipe trained first and submitted in the first round: the reference of below_baseline.
+    baseline: dict[str, Any] | None = None
+    # One-sided level of the lower bound a recommended candidate must keep above every floor.
+    confidence: float = Field(default=0.9, ge=0.5, lt=1)
+
+
 class StudyConfig(_Strict):
     """A validated study file (the module docstring lists its limits)."""
 
@@ -377,6 +405,7 @@ class StudyConfig(_Strict):
     rounds: RoundsConfig
     external: ExternalConfig
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     description: str = ""
 
     @field_validator("name")
@@ -443,12 +472,34 @@ class StudyConfig(_Strict):
                 "external.per_round",
                 f"{self.external.per_round} exceeds rounds.candidates={self.rounds.candidates}",
             )
+        self._check_objective(names)
         if self.policy.warmup_rounds >= self.rounds.count and self.rounds.count > 1:
             raise _FieldError(
                 "policy.warmup_rounds",
                 f"{self.policy.warmup_rounds} leaves no model-based round of {self.rounds.count}",
             )
         return self
+
+    def _check_objective(self, names: set[str]) -> None:
+        objective = self.objective
+        if objective.type == ObjectiveType.PARETO and len(names) < 2:
+            raise _FieldError("objective.type", "pareto needs at least two domains")
+        for i, floor in enumerate(objective.floors):
+            if floor.domain not in names:
+                raise _FieldError(
+                    f"objective.floors[{i}].domain",
+                    f"unknown domain {floor.domain[:100]!r}; known: {sorted(names)}",
+                )
+            if floor.below_baseline is not None and objective.baseline is None:
+                raise _FieldError(
+                    f"objective.floors[{i}].below_baseline",
+                    "needs objective.baseline, the recipe it is measured against",
+                )
+        if objective.baseline is not None and self.external.per_round < 1:
+            raise _FieldError(
+                "objective.baseline",
+                "the baseline is submitted in the first round: external.per_round must be >= 1",
+            )
 
     @property
     def domain_names(self) -> list[str]:
@@ -565,7 +616,7 @@ def validate_study(data: Any, *, source: str) -> StudyConfig:
     except ValidationError as exc:
         raise StudyFileError(source, *first_error(exc)) from None
     _check_testable(config, source)
-    return config
+    return _checked_baseline(config, source)
 
 
 def first_error(exc: ValidationError, *, hidden: frozenset[str] = frozenset()) -> tuple[str, str]:
@@ -586,6 +637,22 @@ def first_error(exc: ValidationError, *, hidden: frozenset[str] = frozenset()) -
     elif "input" in err and err["type"] not in ("value_error",):
         message += f" (got {_short_repr(err['input'])})"
     return path, message
+
+
+def _checked_baseline(config: StudyConfig, source: str) -> StudyConfig:
+    """The config with its baseline recipe checked against the space (ints as ``int``)."""
+    baseline = config.objective.baseline
+    if baseline is None:
+        return config
+    from searchlab.errors import RecipeError
+    from searchlab.space import SearchSpace  # built on this module's parameter types
+
+    try:
+        checked = SearchSpace(config.space).check(baseline)
+    except RecipeError as exc:
+        raise StudyFileError(source, "objective.baseline", str(exc)) from None
+    objective = config.objective.model_copy(update={"baseline": checked})
+    return config.model_copy(update={"objective": objective})
 
 
 def _check_testable(config: StudyConfig, source: str) -> None:

@@ -30,6 +30,14 @@ from searchlab.backends import Backend, check_external_scores
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
 from searchlab.interrupt import SignalLatch, received, sigint_latch
+from searchlab.objective import (
+    BASELINE,
+    ObjectiveType,
+    ResolvedFloor,
+    floor_shortfall,
+    front_mask,
+    resolve_floors,
+)
 from searchlab.policy import (
     SubmissionChoice,
     SubmissionRound,
@@ -343,9 +351,16 @@ class Engine:
         existing = [c for c in self.record.candidates() if c.round == r]
         need = k - len([c for c in existing if c.state != CandidateState.FAIL])
         modes = dict(zip(self.domains, self.modes, strict=True))
+        baseline = self.config.objective.baseline
+        if need > 0 and r == 0 and baseline is not None and self._baseline() is None:
+            # The reference of below_baseline floors: trained first, submitted in this round.
+            self.record.enqueue(baseline, round=r, proposal={"method": BASELINE, "modes": modes})
+            self.record.audit(AuditKind.PROPOSAL, round=r, method=BASELINE, count=1)
+            need -= 1
         if need > 0 and r < self.config.policy.warmup_rounds:
             # Quasi-random warm-up; a top-up after a crash skips the points already enqueued.
             seed = self.config.seed * 1000 + r + 1_000_000 * attempt
+            k -= int(r == 0 and baseline is not None)  # the baseline takes one of the places
             recipes = self.space.quasi_random(k, seed=seed)[k - need :]
             for recipe in recipes:
                 self.record.enqueue(
@@ -373,15 +388,21 @@ class Engine:
                 q=need,
                 discrete_dims=self.space.discrete_dims(),
                 seed=self.config.seed * 1000 + r + 1_000_000 * attempt,
+                objective=self.config.objective.type,
+                domains=self.domains,
+                floors=self._floors(),
             )
             self.timings["propose"] += time.perf_counter() - t0
+            method = (
+                "qLogNParEGO" if self.config.objective.type == ObjectiveType.PARETO else "qLogNEI"
+            )
             for i, x in enumerate(batch.x):
                 recipe = self.space.decode(x)
                 self.record.enqueue(
                     recipe,
                     round=r,
                     proposal={
-                        "method": "qLogNEI",
+                        "method": method,
                         "log_acquisition": batch.acquisition[i],
                         "predicted_objective": batch.predicted_objective[i],
                         "modes": modes,
@@ -390,7 +411,7 @@ class Engine:
             self.record.audit(
                 AuditKind.PROPOSAL,
                 round=r,
-                method="qLogNEI",
+                method=method,
                 count=len(batch.x),
                 modes=modes,
                 dev_penalty=self.config.policy.dev_penalty,
@@ -603,6 +624,7 @@ class Engine:
                 modelled_external=lambda numbers: self._modelled_external(
                     models, [rows[n] for n in numbers]
                 )[0],
+                baseline=base.number if (base := self._baseline()) is not None else None,
             )
         )
         for choice in choices:
@@ -610,6 +632,30 @@ class Engine:
             self._open_submission(r, choice.candidate, choice.reason, choice.score, models)
         self.record.set_phase(r, Phase.PLANNED)
         return [choice.candidate for choice in choices]
+
+    def _baseline(self) -> Candidate | None:
+        """The baseline candidate (``objective.baseline``), once enqueued."""
+        if self.config.objective.baseline is None:
+            return None
+        return next(
+            (c for c in self.record.candidates() if c.proposal.get("method") == BASELINE), None
+        )
+
+    def _floors(self) -> list[ResolvedFloor]:
+        """The study's floors with the thresholds known now (the baseline's scores)."""
+        if not self.config.objective.floors:
+            return []
+        base = self._baseline()
+        done = base is not None and base.state == CandidateState.COMPLETE
+        answer = self.externals().get(base.number) if base is not None else None
+        return resolve_floors(
+            self.config.objective.floors,
+            baseline=base.number if base is not None else None,
+            baseline_dev=base.dev if done and base is not None else None,
+            baseline_external=answer["scores"]
+            if answer is not None and answer.get("state") == SubmissionState.DONE
+            else None,
+        )
 
     def _record_probe(
         self,
@@ -830,10 +876,21 @@ class Engine:
             n: sum(w * ext[n]["scores"][d] for d, w in zip(self.domains, self.weights, strict=True))
             for n in paired
         }
-        number, value, why = recommend(
-            models.numbers, mean, implausible=flags, observed_external=observed
+        floors = self._floors()
+        by_domain = dict(zip(self.domains, models.predictions, strict=True))
+        shortfall = (
+            floor_shortfall(floors, by_domain, confidence=self.config.objective.confidence)
+            if floors
+            else None
         )
-        if basis == "modelled external":
+        number, value, why = recommend(
+            models.numbers,
+            mean,
+            implausible=flags,
+            observed_external=observed,
+            shortfall=shortfall,
+        )
+        if basis == "modelled external" or shortfall is not None:
             basis = why
         out_of_range = {str(n): f for n, f in zip(models.numbers, flags, strict=True) if f}
         mean_dev = {
@@ -856,12 +913,57 @@ class Engine:
             rec.update(truth(done[number]))
             best.update(truth(done[best_dev]))
         result = {"recommendation": rec, "best_dev_candidate": best, "best_dev": mean_dev[best_dev]}
+        if shortfall is not None:
+            rec["meets_floors"] = bool(shortfall[models.numbers.index(number)] <= 0)
+            result["floors"] = [f.as_dict() for f in floors]
+        if self.config.objective.type == ObjectiveType.PARETO:
+            result["front"] = self._front(models, number, shortfall, truth, done)
         self.record.put_recommendation(result)
         if final:
             self.record.audit(
                 AuditKind.RECOMMENDATION, round=self.config.rounds.count - 1, **result
             )
         return result
+
+    def _front(
+        self,
+        models: _Models,
+        recommended: int,
+        shortfall: np.ndarray | None,
+        truth: Callable[[Candidate], dict[str, float]] | None,
+        done: dict[int, Candidate],
+    ) -> list[dict[str, Any]]:
+        """The completed candidates no other beats in every domain's modelled external (dev
+        where a domain has no external model yet), with their scores (searchlab.objective)."""
+        columns = [
+            p["ext_mean"] if not np.isnan(p["ext_mean"]).any() else p["dev_mean"]
+            for p in models.predictions
+        ]
+        values = np.stack(columns, axis=1)  # n x K
+        true_external = getattr(self.backend, "true_external", None) if truth else None
+        on_front = front_mask(values)
+        # The recommendation is listed too, on the front or not (a floor can keep a member out).
+        on_front_or_recommended = on_front.copy()
+        on_front_or_recommended[models.numbers.index(recommended)] = True
+        front = []
+        for i in np.flatnonzero(on_front_or_recommended):
+            n = models.numbers[int(i)]
+            row: dict[str, Any] = {
+                "candidate": n,
+                "on_front": bool(on_front[i]),
+                "modelled_external": dict(zip(self.domains, values[i].tolist(), strict=True)),
+                "meets_floors": bool(shortfall is None or shortfall[i] <= 0),
+            }
+            if true_external is not None:
+                c = done[n]
+                row["true_external"] = {
+                    d: float(v)
+                    for d, v in true_external(
+                        c.artefact or {"recipe": c.recipe, "candidate": n}
+                    ).items()
+                }
+            front.append(row)
+        return front
 
     def _modelled_external(
         self, models: _Models, rows: list[int] | None = None

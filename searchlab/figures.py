@@ -6,7 +6,13 @@
 - ``searchlab-validity``: per domain, the validity statistic against its threshold at each check
   (one check per external score), the switch a star;
 - ``searchlab-modes``: the mode of each domain at the end of each round;
-- ``searchlab-budget``: submissions per round and in all, against the budget.
+- ``searchlab-budget``: submissions per round and in all, against the budget;
+
+and, in a Pareto study (:data:`FRONT_FIGURES`):
+
+- ``searchlab-front``: the front's modelled external in every pair of domains, the
+  recommendation a star, each external floor a dotted line;
+- ``searchlab-front-parallel``: the same members in parallel coordinates, one line each.
 
 :func:`specs` reads them off a :class:`~searchlab.readmodel.StudyView` as :class:`FigureSpec`
 values; :func:`to_plotly` draws one for the report page and optuna-dashboard, :func:`to_png`
@@ -15,6 +21,7 @@ for the PNG files (plotly's static export needs kaleido and a Chrome; matplotlib
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
 
     from searchlab.readmodel import StudyView
 
-__all__ = ["FIGURES", "FigureSpec", "figures", "specs", "to_plotly", "to_png"]
+__all__ = ["FIGURES", "FRONT_FIGURES", "FigureSpec", "figures", "specs", "to_plotly", "to_png"]
 
 FIGURES = {
     "searchlab-dev-external": "Dev and external per domain",
@@ -35,11 +42,19 @@ FIGURES = {
     "searchlab-modes": "Mode of each domain over the rounds",
     "searchlab-budget": "External budget",
 }
+# Drawn only where the study has a front (objective type pareto).
+FRONT_FIGURES = {
+    "searchlab-front": "The Pareto front: modelled external, domain against domain",
+    "searchlab-front-parallel": "The Pareto front in parallel coordinates",
+}
+TITLES = {**FIGURES, **FRONT_FIGURES}
 PNG_NAMES = {
     "searchlab-dev-external": "dev_external.png",
     "searchlab-validity": "validity.png",
     "searchlab-modes": "modes.png",
     "searchlab-budget": "budget.png",
+    "searchlab-front": "front.png",
+    "searchlab-front-parallel": "front_parallel.png",
 }
 _DEV, _EXT, _SWITCH, _BACK, _PROXY = "#4C72B0", "#DD8452", "#C44E52", "#55A868", "#DDE6F3"
 _MARKERS = {"circle": "o", "diamond": "D", "star": "*"}
@@ -81,6 +96,9 @@ class Panel:
     marks: list[Mark] = field(default_factory=list)
     log_y: bool = False
     hline: tuple[float, str] | None = None  # y and label of a dotted horizontal line
+    vline: tuple[float, str] | None = None  # x and label of a dotted vertical line
+    xlabel: str = ""  # in a grid (FigureSpec.columns > 1) each panel has its own x
+    xticks: list[str] | None = None  # names of the x positions 0, 1, ...
 
 
 @dataclass(frozen=True)
@@ -105,19 +123,25 @@ class FigureSpec:
     heat: Heat | None = None
     height: int = 320
     integer_x: bool = False
+    columns: int = 1  # > 1: a grid of panels, row by row, each with its own x axis
 
 
 # -- the figures, once ------------------------------------------------------------------------
 
 
 def specs(v: StudyView) -> dict[str, FigureSpec]:
-    """The four figures of a study, keyed by their graph ids (:data:`FIGURES`)."""
-    return {
+    """The figures of a study, keyed by their graph ids (:data:`FIGURES`, and
+    :data:`FRONT_FIGURES` where the study has a front)."""
+    out = {
         "searchlab-dev-external": _dev_external(v),
         "searchlab-validity": _validity(v),
         "searchlab-modes": _modes(v),
         "searchlab-budget": _budget(v),
     }
+    if v.front:
+        out["searchlab-front"] = _front_pairs(v)
+        out["searchlab-front-parallel"] = _front_parallel(v)
+    return out
 
 
 def _series(df: pd.DataFrame, column: str) -> list[Any]:
@@ -314,6 +338,110 @@ def _budget(v: StudyView) -> FigureSpec:
     )
 
 
+def _front_members(v: StudyView) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The front's members and the recommendation's row (None if it is not listed)."""
+    rec = (v.recommendation.get("recommendation") or {}).get("candidate")
+    members = [m for m in v.front if m.get("on_front", True)]
+    return members, next((m for m in v.front if m["candidate"] == rec), None)
+
+
+def _external_floors(v: StudyView) -> dict[str, float]:
+    return {
+        f["domain"]: float(f["threshold"])
+        for f in v.floors
+        if f["task"] == "external" and f["threshold"] is not None
+    }
+
+
+def _front_pairs(v: StudyView) -> FigureSpec:
+    members, rec = _front_members(v)
+    floors = _external_floors(v)
+    panels = []
+    for a, b in itertools.combinations(v.domains, 2):
+        traces = [
+            Trace(
+                "markers",
+                [m["modelled_external"][a] for m in members],
+                [m["modelled_external"][b] for m in members],
+                "front",
+                _DEV,
+                hover="candidate %{customdata}<br>%{x:.3f}, %{y:.3f}<extra></extra>",
+                customdata=[m["candidate"] for m in members],
+            )
+        ]
+        if rec is not None:
+            traces.append(
+                Trace(
+                    "markers",
+                    [rec["modelled_external"][a]],
+                    [rec["modelled_external"][b]],
+                    f"recommendation ({rec['candidate']})",
+                    _SWITCH,
+                    size=14,
+                    symbol="star",
+                )
+            )
+        panels.append(
+            Panel(
+                title=f"{b} / {a}",
+                ylabel=b,
+                xlabel=a,
+                traces=traces,
+                hline=(floors[b], f"floor {floors[b]:.2f}") if b in floors else None,
+                vline=(floors[a], f"floor {floors[a]:.2f}") if a in floors else None,
+            )
+        )
+    columns = min(3, len(panels))
+    return FigureSpec(
+        title=f"{v.name}: the front ({len(members)} candidates), modelled external",
+        xlabel="",
+        panels=panels,
+        columns=columns,
+        height=280 * math.ceil(len(panels) / columns) + 80,
+    )
+
+
+def _front_parallel(v: StudyView) -> FigureSpec:
+    members, rec = _front_members(v)
+    k = len(v.domains)
+    x: list[Any] = []
+    y: list[Any] = []
+    for m in members:  # one polyline per member, None between them (a gap in both drawings)
+        x += [*range(k), None]
+        y += [*(m["modelled_external"][d] for d in v.domains), None]
+    traces = [Trace("lines", x, y, "front members", _DEV, size=3)]
+    if rec is not None:
+        traces.append(
+            Trace(
+                "lines",
+                list(range(k)),
+                [rec["modelled_external"][d] for d in v.domains],
+                f"recommendation ({rec['candidate']})",
+                _SWITCH,
+                size=6,
+            )
+        )
+    floors = _external_floors(v)
+    if floors:
+        traces.append(
+            Trace(
+                "markers",
+                [v.domains.index(d) for d in floors],
+                list(floors.values()),
+                "floor",
+                "black",
+                size=10,
+                symbol="diamond",
+            )
+        )
+    return FigureSpec(
+        title=f"{v.name}: the front in parallel coordinates",
+        xlabel="domain",
+        panels=[Panel(title="", ylabel="modelled external", traces=traces, xticks=list(v.domains))],
+        height=380,
+    )
+
+
 # -- plotly -----------------------------------------------------------------------------------
 
 
@@ -330,25 +458,31 @@ def to_plotly(spec: FigureSpec) -> Any:
     if spec.heat is not None:
         return _plotly_heat(spec)
     n = len(spec.panels)
+    cols = max(1, spec.columns)
     titles = [p.title for p in spec.panels]
-    grid = any(titles)
+    grid = any(titles) or cols > 1
     fig = (
         make_subplots(
-            rows=n, cols=1, shared_xaxes=True, vertical_spacing=0.04, subplot_titles=titles
+            rows=math.ceil(n / cols),
+            cols=cols,
+            shared_xaxes=cols == 1,
+            vertical_spacing=0.04 if cols == 1 else 0.3 / math.ceil(n / cols),
+            horizontal_spacing=0.08,
+            subplot_titles=titles,
         )
         if grid
         else go.Figure()
     )
-    for i, panel in enumerate(spec.panels, start=1):
-        at = {"row": i, "col": 1} if grid else {}
+    for i, panel in enumerate(spec.panels):
+        at = {"row": i // cols + 1, "col": i % cols + 1} if grid else {}
         for t in panel.traces:
-            fig.add_trace(_plotly_trace(t, legend=i == 1), **at)
+            fig.add_trace(_plotly_trace(t, legend=i == 0), **at)
         for m in panel.marks:
             fig.add_vline(x=m.x, line={"color": m.color, "dash": "dash", "width": 2}, **at)
             fig.add_annotation(
                 x=m.x,
                 y=1,
-                yref=f"y{'' if i == 1 else i} domain",
+                yref=f"y{'' if i == 0 else i + 1} domain",
                 text=m.label,
                 showarrow=False,
                 xanchor="left",
@@ -362,9 +496,24 @@ def to_plotly(spec: FigureSpec) -> Any:
                 line={"color": "black", "dash": "dot"},
                 annotation_text=panel.hline[1],
                 annotation_position="top left",
+                **at,
+            )
+        if panel.vline is not None:
+            fig.add_vline(
+                x=panel.vline[0],
+                line={"color": "black", "dash": "dot"},
+                annotation_text=panel.vline[1],
+                annotation_position="top right",
+                **at,
             )
         fig.update_yaxes(type="log" if panel.log_y else None, title_text=panel.ylabel, **at)
-    fig.update_xaxes(title_text=spec.xlabel, **({"row": n, "col": 1} if grid else {}))
+        if cols > 1:
+            fig.update_xaxes(title_text=panel.xlabel, **at)
+        if panel.xticks:
+            ticks = list(range(len(panel.xticks)))
+            fig.update_xaxes(tickvals=ticks, ticktext=panel.xticks, **at)
+    if cols == 1:
+        fig.update_xaxes(title_text=spec.xlabel, **({"row": n, "col": 1} if grid else {}))
     fig.update_layout(
         title=spec.title,
         height=spec.height,
@@ -451,12 +600,18 @@ def to_png(spec: FigureSpec, path: Path) -> Path:
     if spec.heat is not None:
         fig = _png_heat(plt, spec)
     else:
-        n = len(spec.panels)
-        fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 * n + 0.8), sharex=True, squeeze=False)
-        for ax, panel in zip(axes[:, 0], spec.panels, strict=True):
+        n, cols = len(spec.panels), max(1, spec.columns)
+        rows = math.ceil(n / cols)
+        size = (10, 2.2 * n + 0.8) if cols == 1 else (3.6 * cols, 3.0 * rows + 0.8)
+        fig, axes = plt.subplots(rows, cols, figsize=size, sharex=cols == 1, squeeze=False)
+        flat = list(axes.reshape(-1))
+        for ax, panel in zip(flat, spec.panels, strict=False):
             _png_panel(ax, panel)
-        axes[0, 0].legend(fontsize=8, ncol=2)
-        axes[-1, 0].set_xlabel(spec.xlabel)
+        for ax in flat[n:]:
+            ax.set_visible(False)
+        flat[0].legend(fontsize=8, ncol=2)
+        if cols == 1:
+            axes[-1, 0].set_xlabel(spec.xlabel)
         if spec.integer_x:
             axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)
         fig.suptitle(spec.title)
@@ -476,8 +631,9 @@ def _png_panel(ax: Any, panel: Panel) -> None:
             ax.bar(t.x, y, color=t.color, label=t.name)
         elif t.kind == "step":
             ax.step(t.x, y, where="post", c=t.color, ls=":", label=t.name)
-        elif t.kind == "lines":
-            ax.plot(t.x, y, "o-", c=t.color, ms=t.size, label=t.name)
+        elif t.kind == "lines":  # None in x or y: a gap between polylines
+            x = [math.nan if v is None else v for v in t.x]
+            ax.plot(x, y, "o-", c=t.color, ms=t.size, label=t.name)
         else:
             if t.symbol == "star":
                 ax.plot(t.x, y, "*", c=t.color, ms=t.size, label=t.name)
@@ -501,9 +657,19 @@ def _png_panel(ax: Any, panel: Panel) -> None:
         )
     if panel.hline is not None:
         ax.axhline(panel.hline[0], c="black", ls=":", label=panel.hline[1])
+    if panel.vline is not None:
+        ax.axvline(panel.vline[0], c="black", ls=":")
+    if panel.xlabel:
+        ax.set_xlabel(panel.xlabel, fontsize=9)
+    if panel.xticks:
+        ax.set_xticks(range(len(panel.xticks)), panel.xticks, fontsize=8, rotation=20)
     if panel.log_y and xs:
         ax.set_yscale("log")
-    ax.set_ylabel(f"{panel.title}\n{panel.ylabel}" if panel.title else panel.ylabel, fontsize=9)
+    if panel.xlabel:  # a grid panel: its own title above it
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_ylabel(panel.ylabel, fontsize=9)
+    else:
+        ax.set_ylabel(f"{panel.title}\n{panel.ylabel}" if panel.title else panel.ylabel, fontsize=9)
     ax.grid(alpha=0.3)
 
 

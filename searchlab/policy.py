@@ -67,6 +67,8 @@ class SubmissionRound:
         probe: The dev-record probe among the given open candidates, or None (lazy: it fits the
             dev-only models).
         modelled_external: Weighted modelled external at the given open candidates (lazy).
+        baseline: The baseline candidate (``objective.baseline``), if the study has one: the
+            first warm-up submission, the reference of its floors.
     """
 
     round: int
@@ -81,14 +83,22 @@ class SubmissionRound:
     probe_ready: bool
     probe: Callable[[list[int]], SubmissionChoice | None]
     modelled_external: Callable[[list[int]], np.ndarray]
+    baseline: int | None = None
 
 
 def choose_submissions(r: SubmissionRound) -> list[SubmissionChoice]:
     """Which candidates get this round's external submissions, and why (the module docstring
     gives the rule of each round)."""
     if r.round < r.warmup_rounds:
-        mean_dev = sum(w * p["dev_mean"] for p, w in zip(r.predictions, r.weights, strict=True))
-        return spread_by_dev(r.open, np.asarray(mean_dev), r.budget)
+        mean_dev = np.asarray(
+            sum(w * p["dev_mean"] for p, w in zip(r.predictions, r.weights, strict=True))
+        )
+        if r.baseline in r.open and r.budget > 0:
+            i = r.open.index(r.baseline)
+            rest = [n for n in r.open if n != r.baseline]
+            first = SubmissionChoice(r.baseline, "baseline: the reference of the floors", 0.0)
+            return [first, *spread_by_dev(rest, np.delete(mean_dev, i), r.budget - 1)]
+        return spread_by_dev(r.open, mean_dev, r.budget)
     keep = list(range(len(r.open)))
     choices: list[SubmissionChoice] = []
     if r.budget >= 2 and r.probe_ready:
@@ -287,8 +297,10 @@ def recommend(
     *,
     implausible: Sequence[Sequence[str]] | None = None,
     observed_external: dict[int, float] | None = None,
+    shortfall: np.ndarray | None = None,
 ) -> tuple[int, float, str]:
-    """The candidate with the highest modelled external score among the plausible ones.
+    """The candidate with the highest modelled external score among the plausible ones that
+    meet the study's floors.
 
     Args:
         numbers: ``n`` completed candidate numbers.
@@ -297,6 +309,10 @@ def recommend(
             omitted).
         observed_external: Weighted observed external score per submitted candidate: the
             fallback when no candidate's model is plausible.
+        shortfall: ``n`` totals by which each candidate misses the floors
+            (:func:`searchlab.objective.floor_shortfall`; 0 = meets them all), or None when the
+            study has no floors. When none meets them, the least short is returned, and the
+            basis says so.
 
     Returns:
         (candidate number, its modelled external score, the basis in words).
@@ -305,6 +321,21 @@ def recommend(
     ok = np.ones(len(numbers), dtype=bool)
     if implausible is not None:
         ok = np.array([not f for f in implausible], dtype=bool)
+    if shortfall is not None:
+        short = np.asarray(shortfall, dtype=float)
+        meets = short <= 0
+        if not meets.any():
+            pool = np.where(ok, short, np.inf) if ok.any() else short
+            i = int(np.argmin(pool))
+            return (
+                numbers[i],
+                float(values[i]),
+                f"no candidate meets the floors: the least short (by {short[i]:.4f})",
+            )
+        ok = ok & meets if (ok & meets).any() else meets
+        observed_external = {
+            n: v for n, v in (observed_external or {}).items() if meets[list(numbers).index(n)]
+        }
     if ok.any() and not np.isnan(values[ok]).all():
         i = int(np.nanargmax(np.where(ok, values, np.nan)))
         basis = (
@@ -312,6 +343,8 @@ def recommend(
             if ok.all()
             else ("modelled external, among candidates whose model is in range")
         )
+        if shortfall is not None:
+            basis += ", among candidates that meet the floors"
         return numbers[i], float(values[i]), basis
     if observed_external:
         best = max(observed_external, key=observed_external.__getitem__)

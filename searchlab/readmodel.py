@@ -245,8 +245,25 @@ class StudyView:
             "alarms": alarms(self.log),
             "recommendation": self.recommendation.get("recommendation"),
             "best_dev_candidate": self.recommendation.get("best_dev_candidate"),
+            "objective": {
+                "type": str(self.config.objective.type),
+                "floors": self.floors,
+                "front": self.front,
+            },
         }
         return finite(out)
+
+    @property
+    def floors(self) -> list[dict[str, Any]]:
+        """The floors with the thresholds of the latest recommendation (searchlab.objective)."""
+        return list(self.recommendation.get("floors", []))
+
+    @property
+    def front(self) -> list[dict[str, Any]]:
+        """A Pareto study's front at the latest recommendation: per member, ``candidate``,
+        ``modelled_external`` per domain, ``meets_floors`` (and ``true_external`` where the back
+        end knows the truth). Empty in a weighted study."""
+        return list(self.recommendation.get("front", []))
 
     @cached_property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -265,6 +282,9 @@ class StudyView:
         ``round``, ``candidate`` (whose external score triggered it), ``pair`` (pairs so far),
         ``domain``, ``mode`` (after the check), ``statistic``, ``threshold``, ``fired``,
         ``n_pairs`` (pairs the test used), ``slope_high``, ``slope_low``, ``knot``.
+        ``pareto``: one row per member of a Pareto study's front (:attr:`front`): ``candidate``,
+        ``recommended``, ``meets_floors``, ``modelled_external.<domain>`` and, where known,
+        ``true_external.<domain>``; no rows in a weighted study.
         """
         out = {
             "candidates": _frame(self._candidate_rows(), ["number", "round", "state"]),
@@ -277,9 +297,25 @@ class StudyView:
                 self._check_rows(),
                 ["seq", "round", "candidate", "pair", "domain", "mode", "statistic"],
             ),
+            "pareto": _frame(
+                [self._front_row(m) for m in self.front],
+                ["candidate", "recommended", "meets_floors"],
+            ),
         }
         # Integer columns with gaps stay integers (nullable), not floats: 3, not 3.0.
         return {k: v.convert_dtypes() for k, v in out.items()}
+
+    def _front_row(self, member: dict[str, Any]) -> dict[str, Any]:
+        rec = self.recommendation.get("recommendation") or {}
+        row = {
+            "candidate": member["candidate"],
+            "recommended": member["candidate"] == rec.get("candidate"),
+            "meets_floors": member.get("meets_floors", True),
+        }
+        for key in ("modelled_external", "true_external"):
+            for d, v in (member.get(key) or {}).items():
+                row[f"{key}.{d}"] = v
+        return row
 
     def _external_cells(self, scores: dict[str, Any] | None) -> dict[str, float]:
         scores = scores or {}

@@ -20,6 +20,7 @@ from searchlab.export import check_output_dir, open_output, refuse_symlinks
 from searchlab.figures import (
     FIGURES,
     PNG_NAMES,
+    TITLES,
     domain_checks,
     figures,
     is_missing,
@@ -106,6 +107,19 @@ def _rec_lines(v: StudyView) -> list[str]:
     recipe = rec.get("recipe") or {}
     if recipe:
         lines.append("Recipe: " + ", ".join(f"`{k}` = {_fmt(val, 4)}" for k, val in recipe.items()))
+    for f in v.floors:
+        lines.append(
+            f"Floor: {f['domain']} {f['task']} at least {_fmt(f['threshold'])} ({f['basis']})."
+        )
+    if rec.get("meets_floors") is False:
+        lines.append("**No candidate meets the floors**: the recommendation is the least short.")
+    members = [m for m in v.front if m.get("on_front", True)]
+    if members:
+        lines.append(
+            f"Pareto front by modelled external: {len(members)} candidates "
+            f"({', '.join(str(m['candidate']) for m in members)}); `study export` has them as "
+            "the `pareto` table."
+        )
     return lines
 
 
@@ -259,7 +273,7 @@ def html_page(v: StudyView, figs: dict[str, Any]) -> str:
     parts.append("<h2>Recommendation</h2>")
     parts += [f"<p>{_md_inline(line)}</p>" for line in _rec_lines(v)]
     for gid, fig in figs.items():
-        parts.append(f"<h2>{html.escape(FIGURES[gid])}</h2>")
+        parts.append(f"<h2>{html.escape(TITLES[gid])}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=gid))
     parts.append("<h2>Audit trail</h2>")
     rows = _audit_rows(v)
