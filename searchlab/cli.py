@@ -1170,6 +1170,56 @@ def bench_search(
     out.print(table)
 
 
+@bench_app.command("front")
+def bench_front(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small preset (checks the harness).")
+    ] = False,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per instance.")] = 10,
+    first_seed: Annotated[int, typer.Option(min=0, help="First seed (split runs).")] = 10,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Method(s) to run (default: all).")
+    ] = None,
+    instance: Annotated[
+        list[str] | None, typer.Option(help="Instance(s) (default: goodhart and null).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Rows and summary as JSON.")] = False,
+) -> None:
+    """Hypervolume of the true external front each method reaches at equal budget (Pareto
+    mode against Optuna's multi-objective samplers and random search)."""
+    from searchlab.bench import INSTANCES
+    from searchlab.bench_front import METHODS, front_benchmark, summarise
+
+    unknown = [i for i in instance or [] if i not in INSTANCES]
+    if unknown:
+        raise SearchlabError(f"unknown instance(s) {unknown}; known: {list(INSTANCES)}")
+    unknown = [m for m in method or [] if m not in METHODS]
+    if unknown:
+        raise SearchlabError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    rows = front_benchmark(
+        instance or ["goodhart", "null"],
+        range(first_seed, first_seed + seeds),
+        methods=method or METHODS,
+        quick=quick,
+    )
+    summary = summarise(rows)
+    if as_json:
+        print(json.dumps({"rows": rows, "summary": summary}, indent=2))
+        return
+    table = Table("instance", "method", "median hypervolume", "IQR", "seeds", "/ best Optuna")
+    for r in summary:
+        ratio = r["ratio_to_best_optuna_median"]
+        table.add_row(
+            _esc(r["instance"]),
+            _esc(r["method"]),
+            f"{r['median']:.5f}",
+            f"{r['iqr'][0]:.5f} - {r['iqr'][1]:.5f}",
+            str(r["seeds"]),
+            "-" if ratio is None else f"{ratio:.3f}",
+        )
+    out.print(table)
+
+
 def _one_line(text: str) -> str:
     return " | ".join(p.strip() for p in text.splitlines() if p.strip())
 

@@ -283,8 +283,8 @@ class StudyView:
         ``domain``, ``mode`` (after the check), ``statistic``, ``threshold``, ``fired``,
         ``n_pairs`` (pairs the test used), ``slope_high``, ``slope_low``, ``knot``.
         ``pareto``: one row per member of a Pareto study's front (:attr:`front`): ``candidate``,
-        ``recommended``, ``meets_floors``, ``modelled_external.<domain>`` and, where known,
-        ``true_external.<domain>``; no rows in a weighted study.
+        ``recommended``, ``meets_floors``, ``on_front``, ``modelled_external.<domain>`` and,
+        where known, ``true_external.<domain>``; no rows in a weighted study.
         """
         out = {
             "candidates": _frame(self._candidate_rows(), ["number", "round", "state"]),
@@ -311,6 +311,7 @@ class StudyView:
             "candidate": member["candidate"],
             "recommended": member["candidate"] == rec.get("candidate"),
             "meets_floors": member.get("meets_floors", True),
+            "on_front": member.get("on_front", True),
         }
         for key in ("modelled_external", "true_external"):
             for d, v in (member.get(key) or {}).items():

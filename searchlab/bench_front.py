@@ -1,0 +1,172 @@
+"""The Pareto mode's benchmark: the true-external front each method reaches at equal budget.
+
+Every method trains the same number of candidates (the study's rounds x candidates) on the
+simulated back end of one instance and seed. Its figure is the hypervolume, above a reference
+point, of the *true* per-domain external scores of all its completed candidates: the front
+the search reached, read off the simulator's truth (no method sees it). The reference point is
+the per-domain median of the true external over 256 quasi-random recipes of the same instance
+(the same for every method): a candidate that is not better than a typical random recipe in
+every domain adds nothing.
+
+Methods:
+
+- ``searchlab``: the engine with ``objective: {type: pareto}``, the study's submissions and
+  switch as in the file;
+- ``nsga2``, ``tpe``, ``gp``: Optuna's ``NSGAIISampler``, ``TPESampler`` and ``GPSampler`` on a
+  study with one ``maximize`` direction per domain, told each candidate's per-domain dev (the
+  peers see no external score: what a user would run without searchlab), asked a round's
+  candidates at a time;
+- ``random``: Optuna's ``RandomSampler``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from searchlab.objective import hypervolume
+
+__all__ = ["METHODS", "front_benchmark", "summarise"]
+
+METHODS = ("searchlab", "nsga2", "tpe", "gp", "random")
+
+
+def _config(instance: str, seed: int, *, quick: bool) -> Any:
+    from searchlab.bench import _study_data
+    from searchlab.config import validate_study
+
+    data = _study_data(instance, seed, quick=quick)
+    data["name"] = f"front-{instance}-{seed}"
+    data["objective"] = {"type": "pareto"}
+    return validate_study(data, source="bench front")
+
+
+def _backend(config: Any) -> Any:
+    from searchlab.backends import load_backend
+
+    return load_backend(
+        config.backend.name,
+        config.backend.options,
+        domains=config.domain_names,
+        weights=config.weights,
+        seed=config.seed,
+    )
+
+
+def _reference(config: Any, backend: Any) -> np.ndarray:
+    """Per domain, the median true external of 256 quasi-random recipes (hack unlocked)."""
+    from searchlab.space import SearchSpace
+
+    recipes = SearchSpace(config.space).quasi_random(256, seed=config.seed + 7)
+    truth = [backend.surface.true_external(r) for r in recipes]
+    return np.median(np.array([[t[d] for d in config.domain_names] for t in truth]), axis=0)
+
+
+def _searchlab(config: Any, backend: Any) -> list[dict[str, float]]:
+    from searchlab.engine import Engine
+    from searchlab.store import CandidateState, Storage
+
+    record = Storage("sqlite:///:memory:", create=True).create(config)
+    Engine(record=record, config=config, backend=backend).run()
+    return [
+        backend.true_external(c.artefact or {"recipe": c.recipe, "candidate": c.number})
+        for c in record.candidates()
+        if c.state == CandidateState.COMPLETE
+    ]
+
+
+def _optuna(method: str, config: Any, backend: Any) -> list[dict[str, float]]:
+    import optuna
+
+    from searchlab.space import SearchSpace
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=config.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=config.seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=config.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
+    }[method]()
+    domains = config.domain_names
+    study = optuna.create_study(directions=["maximize"] * len(domains), sampler=sampler)
+    dists = SearchSpace(config.space).distributions()
+    truth, number = [], 0
+    for _ in range(config.rounds.count):
+        trials = [study.ask(dists) for _ in range(config.rounds.candidates)]
+        for t in trials:
+            artefact = backend.train(dict(t.params), candidate=number, seed=config.seed + number)
+            number += 1
+            dev = backend.evaluate(artefact)
+            study.tell(t, [dev[d][0] for d in domains])
+            truth.append(backend.true_external(artefact))
+    return truth
+
+
+def front_benchmark(
+    instances: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    methods: Sequence[str] = METHODS,
+    quick: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per instance, seed and method: ``hypervolume`` of the true external of its
+    completed candidates above the instance's ``reference`` (module docstring)."""
+    rows = []
+    for instance in instances:
+        for seed in seeds:
+            config = _config(instance, seed, quick=quick)
+            reference = _reference(config, _backend(config))
+            for method in methods:
+                backend = _backend(config)
+                truth = (
+                    _searchlab(config, backend)
+                    if method == "searchlab"
+                    else _optuna(method, config, backend)
+                )
+                values = np.array([[t[d] for d in config.domain_names] for t in truth])
+                rows.append(
+                    {
+                        "instance": instance,
+                        "seed": seed,
+                        "method": method,
+                        "candidates": len(truth),
+                        "hypervolume": hypervolume(values, reference),
+                        "reference": reference.tolist(),
+                    }
+                )
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per instance and method: median and interquartile range of the hypervolume, and the
+    median over seeds of its ratio to the best Optuna sampler of the same seed."""
+    out = []
+    for instance in sorted({r["instance"] for r in rows}):
+        mine = [r for r in rows if r["instance"] == instance]
+        seeds = sorted({r["seed"] for r in mine})
+        hv = {(r["seed"], r["method"]): r["hypervolume"] for r in mine}
+        optuna_methods = [m for m in ("nsga2", "tpe", "gp") if any(k[1] == m for k in hv)]
+        for method in [m for m in METHODS if any(k[1] == m for k in hv)]:
+            values = [hv[(s, method)] for s in seeds if (s, method) in hv]
+            q = np.quantile(values, [0.25, 0.5, 0.75]) if values else [np.nan] * 3
+            ratios = [
+                hv[(s, method)] / best
+                for s in seeds
+                if optuna_methods
+                and (best := max(hv.get((s, m), 0.0) for m in optuna_methods)) > 0
+                and (s, method) in hv
+            ]
+            out.append(
+                {
+                    "instance": instance,
+                    "method": method,
+                    "seeds": len(values),
+                    "median": float(q[1]),
+                    "iqr": [float(q[0]), float(q[2])],
+                    "ratio_to_best_optuna_median": statistics.median(ratios) if ratios else None,
+                }
+            )
+    return out
