@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from searchlab.objective import ObjectiveType
 from searchlab.simulation import DOMAINS, ResponseSurface, SurfaceConfig, canonical_space
 from searchlab.store import CandidateState, Mode
 
@@ -63,7 +64,9 @@ def _history(n: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _searchlab_seconds(h: dict[str, Any], *, warm: bool, seed: int) -> float:
+def _searchlab_seconds(
+    h: dict[str, Any], *, warm: bool, seed: int, objective: ObjectiveType = ObjectiveType.WEIGHTED
+) -> float:
     from searchlab.acquisition import propose_batch
     from searchlab.surrogate import DomainSurrogate
 
@@ -94,30 +97,46 @@ def _searchlab_seconds(h: dict[str, Any], *, warm: bool, seed: int) -> float:
         q=1,
         discrete_dims=space.discrete_dims(),
         seed=seed,
+        objective=objective,
     )
     return time.perf_counter() - start
 
 
-def _optuna_gp_seconds(h: dict[str, Any], *, seed: int) -> float:
+def _optuna_gp_seconds(
+    h: dict[str, Any], *, seed: int, objective: ObjectiveType = ObjectiveType.WEIGHTED
+) -> float:
+    """One ``GPSampler.ask``: on mean dev, or (Pareto) on every domain's dev as an objective."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = h["space"].distributions()
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GPSampler(seed=seed))
+    pareto = objective == ObjectiveType.PARETO
+    study = optuna.create_study(
+        directions=["maximize"] * (len(DOMAINS) if pareto else 1),
+        sampler=optuna.samplers.GPSampler(seed=seed),
+    )
     for i, recipe in enumerate(h["recipes"]):
-        value = float(np.mean([h["dev"][d][i] for d in DOMAINS]))
+        values = [float(h["dev"][d][i]) for d in DOMAINS]
         study.add_trial(
-            optuna.trial.create_trial(params=recipe, distributions=distributions, value=value)
+            optuna.trial.create_trial(
+                params=recipe,
+                distributions=distributions,
+                values=values if pareto else [float(np.mean(values))],
+            )
         )
     start = time.perf_counter()
     trial = study.ask(distributions)
     elapsed = time.perf_counter() - start
-    study.tell(trial, 0.0)
+    study.tell(trial, [0.0] * len(study.directions))
     return elapsed
 
 
 def overhead(
-    *, candidates: tuple[int, ...] = (25, 50, 100), repeats: int = 3, seed: int = 0
+    *,
+    candidates: tuple[int, ...] = (25, 50, 100),
+    repeats: int = 3,
+    seed: int = 0,
+    objective: ObjectiveType = ObjectiveType.WEIGHTED,
 ) -> list[dict[str, Any]]:
     """Median seconds per proposal for searchlab and Optuna ``GPSampler`` on the same history.
 
@@ -125,6 +144,8 @@ def overhead(
         candidates: History sizes.
         repeats: Repetitions per size (the median is reported).
         seed: Seeds the history and the samplers.
+        objective: ``weighted`` (qLogNEI against GPSampler on mean dev) or ``pareto``
+            (qLogNParEGO against GPSampler with one objective per domain).
 
     Returns:
         One row per size: ``candidates``, ``searchlab_s`` (warm, what a study pays),
@@ -137,9 +158,10 @@ def overhead(
         warnings.simplefilter("ignore")
         for n in candidates:
             h = _history(n, seed)
-            warm = [_searchlab_seconds(h, warm=True, seed=seed + r) for r in range(repeats)]
-            cold = [_searchlab_seconds(h, warm=False, seed=seed + r) for r in range(repeats)]
-            gp = [_optuna_gp_seconds(h, seed=seed + r) for r in range(repeats)]
+            kw = {"objective": objective}
+            warm = [_searchlab_seconds(h, warm=True, seed=seed + r, **kw) for r in range(repeats)]
+            cold = [_searchlab_seconds(h, warm=False, seed=seed + r, **kw) for r in range(repeats)]
+            gp = [_optuna_gp_seconds(h, seed=seed + r, **kw) for r in range(repeats)]
             row = {
                 "candidates": n,
                 "searchlab_s": statistics.median(warm),

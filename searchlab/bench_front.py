@@ -16,7 +16,11 @@ Methods:
   study with one ``maximize`` direction per domain, told each candidate's per-domain dev (the
   peers see no external score: what a user would run without searchlab), asked a round's
   candidates at a time;
-- ``random``: Optuna's ``RandomSampler``.
+- ``random``: Optuna's ``RandomSampler``;
+- ``searchlab-floors``: the Pareto mode with a baseline (equal mixture, learning rate 1e-4,
+  3 epochs, rank 16, no template data) and one floor on the weak domain, "external at most 0.02
+  below the baseline's": no regression where the proxy is hacked. Its rows say whether the
+  recommendation meets the floor **in truth**, against the baseline's true external.
 """
 
 from __future__ import annotations
@@ -31,17 +35,33 @@ from searchlab.objective import hypervolume
 
 __all__ = ["METHODS", "front_benchmark", "summarise"]
 
-METHODS = ("searchlab", "nsga2", "tpe", "gp", "random")
+METHODS = ("searchlab", "nsga2", "tpe", "gp", "random", "searchlab-floors")
+WEAK = "equations"  # the weak domain of every instance of the benchmark (searchlab.bench)
+FLOOR_DELTA = 0.02
 
 
-def _config(instance: str, seed: int, *, quick: bool) -> Any:
+def _config(instance: str, seed: int, *, quick: bool, floors: bool = False) -> Any:
     from searchlab.bench import _study_data
     from searchlab.config import validate_study
 
     data = _study_data(instance, seed, quick=quick)
     data["name"] = f"front-{instance}-{seed}"
     data["objective"] = {"type": "pareto"}
+    if floors:
+        domains = [d["name"] for d in data["domains"]]
+        data["objective"] |= {
+            "baseline": _baseline(domains),
+            "floors": [{"domain": WEAK, "below_baseline": FLOOR_DELTA}],
+        }
     return validate_study(data, source="bench front")
+
+
+def _baseline(domains: list[str]) -> dict[str, Any]:
+    share = 1.0 / len(domains)
+    mixture = {f"mixture.{d}": share for d in domains}
+    mixture[f"mixture.{domains[-1]}"] = 1.0 - share * (len(domains) - 1)
+    return {**mixture, "learning_rate": 1e-4, "epochs": 3, "lora_rank": 16,
+            "template_share": 0.0, "lora_dropout": 0.1}  # fmt: skip
 
 
 def _backend(config: Any) -> Any:
@@ -65,17 +85,31 @@ def _reference(config: Any, backend: Any) -> np.ndarray:
     return np.median(np.array([[t[d] for d in config.domain_names] for t in truth]), axis=0)
 
 
-def _searchlab(config: Any, backend: Any) -> list[dict[str, float]]:
+def _searchlab(config: Any, backend: Any) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """The true external of every completed candidate, and what the floors came to."""
     from searchlab.engine import Engine
     from searchlab.store import CandidateState, Storage
 
     record = Storage("sqlite:///:memory:", create=True).create(config)
-    Engine(record=record, config=config, backend=backend).run()
-    return [
-        backend.true_external(c.artefact or {"recipe": c.recipe, "candidate": c.number})
-        for c in record.candidates()
-        if c.state == CandidateState.COMPLETE
-    ]
+    result = Engine(record=record, config=config, backend=backend).run()
+    done = {c.number: c for c in record.candidates() if c.state == CandidateState.COMPLETE}
+
+    def truth(n: int) -> dict[str, float]:
+        c = done[n]
+        return backend.true_external(c.artefact or {"recipe": c.recipe, "candidate": n})
+
+    extra: dict[str, Any] = {}
+    if config.objective.floors:
+        rec = result["recommendation"]
+        base = min(done)  # the baseline is trained first
+        need = truth(base)[WEAK] - FLOOR_DELTA
+        extra = {
+            "meets_floors_by_model": rec.get("meets_floors"),
+            "floor_in_truth": need,
+            "recommendation_true_weak": truth(rec["candidate"])[WEAK],
+            "meets_floor_in_truth": truth(rec["candidate"])[WEAK] >= need,
+        }
+    return [truth(n) for n in done], extra
 
 
 def _optuna(method: str, config: Any, backend: Any) -> list[dict[str, float]]:
@@ -120,12 +154,12 @@ def front_benchmark(
             config = _config(instance, seed, quick=quick)
             reference = _reference(config, _backend(config))
             for method in methods:
-                backend = _backend(config)
-                truth = (
-                    _searchlab(config, backend)
-                    if method == "searchlab"
-                    else _optuna(method, config, backend)
-                )
+                extra: dict[str, Any] = {}
+                if method.startswith("searchlab"):
+                    own = _config(instance, seed, quick=quick, floors=method != "searchlab")
+                    truth, extra = _searchlab(own, _backend(own))
+                else:
+                    truth = _optuna(method, config, _backend(config))
                 values = np.array([[t[d] for d in config.domain_names] for t in truth])
                 rows.append(
                     {
@@ -135,14 +169,16 @@ def front_benchmark(
                         "candidates": len(truth),
                         "hypervolume": hypervolume(values, reference),
                         "reference": reference.tolist(),
+                        **extra,
                     }
                 )
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per instance and method: median and interquartile range of the hypervolume, and the
-    median over seeds of its ratio to the best Optuna sampler of the same seed."""
+    """Per instance and method: median and interquartile range of the hypervolume, the median
+    over seeds of its ratio to the best Optuna sampler of the same seed, and (floors) the share
+    of seeds whose recommendation meets the floor in truth."""
     out = []
     for instance in sorted({r["instance"] for r in rows}):
         mine = [r for r in rows if r["instance"] == instance]
@@ -159,6 +195,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 and (best := max(hv.get((s, m), 0.0) for m in optuna_methods)) > 0
                 and (s, method) in hv
             ]
+            met = [
+                r["meets_floor_in_truth"]
+                for r in mine
+                if r["method"] == method and "meets_floor_in_truth" in r
+            ]
             out.append(
                 {
                     "instance": instance,
@@ -167,6 +208,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "median": float(q[1]),
                     "iqr": [float(q[0]), float(q[2])],
                     "ratio_to_best_optuna_median": statistics.median(ratios) if ratios else None,
+                    # Share of seeds whose recommendation meets the floor in truth.
+                    "floor_met_in_truth": sum(met) / len(met) if met else None,
                 }
             )
     return out

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from searchlab.errors import SearchlabError
+from searchlab.objective import ObjectiveType
 from searchlab.store import AuditKind, Mode
 
 app = typer.Typer(
@@ -1036,12 +1037,16 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("overhead")
 def bench_overhead(
     repeats: Annotated[int, typer.Option(min=1, help="Repetitions per size (median).")] = 3,
+    objective: Annotated[
+        ObjectiveType,
+        typer.Option(help="weighted (qLogNEI) or pareto (qLogNParEGO, one objective a domain)."),
+    ] = ObjectiveType.WEIGHTED,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
 ) -> None:
     """Seconds per proposal at 25, 50 and 100 candidates, next to Optuna's GPSampler."""
     from searchlab.bench import overhead
 
-    rows = overhead(repeats=repeats)
+    rows = overhead(repeats=repeats, objective=objective)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -1206,9 +1211,11 @@ def bench_front(
     if as_json:
         print(json.dumps({"rows": rows, "summary": summary}, indent=2))
         return
-    table = Table("instance", "method", "median hypervolume", "IQR", "seeds", "/ best Optuna")
+    table = Table(
+        "instance", "method", "median hypervolume", "IQR", "seeds", "/ best Optuna", "floor met"
+    )
     for r in summary:
-        ratio = r["ratio_to_best_optuna_median"]
+        ratio, met = r["ratio_to_best_optuna_median"], r["floor_met_in_truth"]
         table.add_row(
             _esc(r["instance"]),
             _esc(r["method"]),
@@ -1216,6 +1223,7 @@ def bench_front(
             f"{r['iqr'][0]:.5f} - {r['iqr'][1]:.5f}",
             str(r["seeds"]),
             "-" if ratio is None else f"{ratio:.3f}",
+            "-" if met is None else f"{met:.0%}",
         )
     out.print(table)
 

@@ -42,9 +42,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI imports the enums below
+    import numpy as np
 
 __all__ = [
     "BASELINE",
@@ -112,6 +113,8 @@ def floor_shortfall(
     Returns:
         ``n`` non-negative shortfalls.
     """
+    import numpy as np
+
     z = NormalDist().inv_cdf(confidence)
     n = len(next(iter(predictions.values()))["dev_mean"]) if predictions else 0
     short = np.zeros(n)
@@ -130,6 +133,7 @@ def front_mask(values: np.ndarray) -> np.ndarray:
 
     Ties count as not dominated (two equal rows are both on the front).
     """
+    import numpy as np
     import torch
     from botorch.utils.multi_objective.pareto import is_non_dominated
 
@@ -141,6 +145,7 @@ def front_mask(values: np.ndarray) -> np.ndarray:
 def hypervolume(values: np.ndarray, reference: np.ndarray) -> float:
     """The hypervolume that the rows of ``values`` (``n x K``, maximised) dominate above
     ``reference`` (``K``); rows not above the reference in every column add nothing."""
+    import numpy as np
     import torch
     from botorch.utils.multi_objective.hypervolume import Hypervolume
 

@@ -310,6 +310,11 @@ def test_the_front_is_exported_and_drawn(tmp_path: Path) -> None:
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "Pareto front by modelled external" in summary and "Floor: gravity external" in summary
     assert out is not None
+    # optuna-dashboard gets the two front figures beside the four of every study.
+    from searchlab.dashboard import publish
+    from searchlab.figures import FIGURES, FRONT_FIGURES
+
+    assert set(publish(record)) == set(FIGURES) | set(FRONT_FIGURES)
 
 
 def test_a_weighted_study_has_no_front_and_no_front_figures(tmp_path: Path) -> None:
@@ -325,15 +330,19 @@ def test_a_weighted_study_has_no_front_and_no_front_figures(tmp_path: Path) -> N
 
 def test_bench_front_runs_every_method_at_equal_budget() -> None:
     run = run_cli("bench", "front", "--quick", "--seeds", "1", "--instance", "goodhart",
-                  "--method", "searchlab", "--method", "nsga2", "--json", timeout=600)  # fmt: skip
+                  "--method", "searchlab-floors", "--method", "nsga2", "--json",
+                  timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr
     import json
 
     out = json.loads(run.stdout)
     rows = {r["method"]: r for r in out["rows"]}
-    assert set(rows) == {"searchlab", "nsga2"}
-    assert rows["searchlab"]["candidates"] == rows["nsga2"]["candidates"] == 12
+    assert set(rows) == {"searchlab-floors", "nsga2"}
+    assert rows["searchlab-floors"]["candidates"] == rows["nsga2"]["candidates"] == 12
     assert all(r["hypervolume"] >= 0 for r in rows.values())
-    assert {s["method"] for s in out["summary"]} == {"searchlab", "nsga2"}
+    assert isinstance(rows["searchlab-floors"]["meets_floor_in_truth"], bool)
+    summary = {s["method"]: s for s in out["summary"]}
+    assert summary["searchlab-floors"]["floor_met_in_truth"] in (0.0, 1.0)
+    assert summary["nsga2"]["floor_met_in_truth"] is None
     bad = run_cli("bench", "front", "--method", "cmaes")
     assert bad.returncode == 2 and "unknown method" in bad.stderr
