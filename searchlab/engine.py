@@ -352,7 +352,9 @@ class Engine:
         need = k - len([c for c in existing if c.state != CandidateState.FAIL])
         modes = dict(zip(self.domains, self.modes, strict=True))
         baseline = self.config.objective.baseline
-        if need > 0 and r == 0 and baseline is not None and self._baseline() is None:
+        base = self._baseline()
+        lost = base is None or base.state == CandidateState.FAIL  # never enqueued, or failed
+        if need > 0 and r == 0 and baseline is not None and lost:
             # The reference of below_baseline floors: trained first, submitted in this round.
             self.record.enqueue(baseline, round=r, proposal={"method": BASELINE, "modes": modes})
             self.record.audit(AuditKind.PROPOSAL, round=r, method=BASELINE, count=1)
@@ -634,12 +636,13 @@ class Engine:
         return [choice.candidate for choice in choices]
 
     def _baseline(self) -> Candidate | None:
-        """The baseline candidate (``objective.baseline``), once enqueued."""
+        """The baseline candidate (``objective.baseline``), once enqueued: the one not failed
+        (a replacement, or one enqueued again), else the failed one."""
         if self.config.objective.baseline is None:
             return None
-        return next(
-            (c for c in self.record.candidates() if c.proposal.get("method") == BASELINE), None
-        )
+        found = [c for c in self.record.candidates() if c.proposal.get("method") == BASELINE]
+        alive = [c for c in found if c.state != CandidateState.FAIL]
+        return (alive or found or [None])[0]
 
     def _floors(self) -> list[ResolvedFloor]:
         """The study's floors with the thresholds known now (the baseline's scores)."""

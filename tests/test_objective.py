@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import run_cli, simulated_study, sqlite_url, write_yaml
 
 from searchlab.backends import load_backend
 from searchlab.config import validate_study
@@ -33,7 +34,6 @@ from searchlab.policy import recommend
 from searchlab.readmodel import read, status
 from searchlab.report import write_report
 from searchlab.store import Storage
-from tests.conftest import run_cli, simulated_study, sqlite_url, write_yaml
 
 DOMAINS = ["cipher", "gravity", "equations"]
 BASELINE = {
@@ -346,3 +346,35 @@ def test_bench_front_runs_every_method_at_equal_budget() -> None:
     assert summary["nsga2"]["floor_met_in_truth"] is None
     bad = run_cli("bench", "front", "--method", "cmaes")
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+
+
+def test_the_caller_gets_the_baseline_first_and_a_failed_one_sets_no_floor(
+    tmp_path: Path,
+) -> None:
+    from searchlab.backends import SimulatedBackend
+    from searchlab.execution import candidate_seed
+    from searchlab.loop import Study
+
+    config = validate_study(_pareto_with_floors(5), source="test")
+    backend = SimulatedBackend(
+        domains=config.domain_names, weights=config.weights, seed=5, **config.backend.options
+    )
+    study = Study.create(config, storage=sqlite_url(tmp_path / "s.db"), publish=False)
+    artefacts: dict[int, Any] = {}
+    while not study.finished:
+        for c in study.ask(4):
+            if c.recipe == BASELINE:  # the first asked; the caller's training of it fails
+                assert c.number == 0
+                study.tell_failed(c.number, "out of memory")
+                continue
+            artefacts[c.number] = backend.train(
+                c.recipe, candidate=c.number, seed=candidate_seed(config, c.number)
+            )
+            study.tell(c.number, dev=backend.evaluate(artefacts[c.number]), artefact={})
+        for s in study.plan_submissions().submissions:
+            assert s.number != 0
+            scores = backend.submit_external(artefacts[s.number], submission=s.submission)
+            study.tell_external(s.number, external=scores)
+    floors = status(study.record)["objective"]["floors"]
+    assert floors[0]["threshold"] is None and "no external score yet" in floors[0]["basis"]
+    assert floors[1]["threshold"] == 0.2
