@@ -25,8 +25,9 @@ Methods:
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,9 +146,13 @@ def front_benchmark(
     *,
     methods: Sequence[str] = METHODS,
     quick: bool = False,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> list[dict[str, Any]]:
     """One row per instance, seed and method: ``hypervolume`` of the true external of its
-    completed candidates above the instance's ``reference`` (module docstring)."""
+    completed candidates above the instance's ``reference`` (module docstring).
+
+    ``progress`` gets each row as one JSON line when it is done (a long run keeps what it has).
+    """
     rows = []
     for instance in instances:
         for seed in seeds:
@@ -172,6 +177,7 @@ def front_benchmark(
                         **extra,
                     }
                 )
+                progress(json.dumps(rows[-1]))
     return rows
 
 

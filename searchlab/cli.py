@@ -1206,6 +1206,8 @@ def bench_front(
         range(first_seed, first_seed + seeds),
         methods=method or METHODS,
         quick=quick,
+        # One JSON line per finished run on stderr: a long benchmark keeps what it has.
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     summary = summarise(rows)
     if as_json:
