@@ -66,15 +66,9 @@ def _baseline(domains: list[str]) -> dict[str, Any]:
 
 
 def _backend(config: Any) -> Any:
-    from searchlab.backends import load_backend
+    from searchlab.backends import backend_for
 
-    return load_backend(
-        config.backend.name,
-        config.backend.options,
-        domains=config.domain_names,
-        weights=config.weights,
-        seed=config.seed,
-    )
+    return backend_for(config)
 
 
 def _reference(config: Any, backend: Any) -> np.ndarray:

@@ -1100,6 +1100,13 @@ def bench_surrogate(
         out.print(f"fit: {f}", markup=False)
 
 
+def _known(what: str, given: list[str] | None, known: Any) -> None:
+    """Refuses a benchmark option value that is not one of ``known`` (one line)."""
+    unknown = [g for g in given or [] if g not in known]
+    if unknown:
+        raise SearchlabError(f"unknown {what}(s) {unknown}; known: {list(known)}")
+
+
 @bench_app.command("search")
 def bench_search(
     quick: Annotated[
@@ -1126,12 +1133,8 @@ def bench_search(
     """True external regret of each method's recommendation, median and IQR over seeds."""
     from searchlab.bench import INSTANCES, METHODS, search
 
-    unknown = [i for i in instance or [] if i not in INSTANCES]
-    if unknown:
-        raise SearchlabError(f"unknown instance(s) {unknown}; known: {list(INSTANCES)}")
-    unknown = [m for m in method or [] if m not in METHODS]
-    if unknown:
-        raise SearchlabError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    _known("instance", instance, INSTANCES)
+    _known("method", method, METHODS)
     rows = search(
         instances=tuple(instance or INSTANCES),
         methods=tuple(method or METHODS),
@@ -1195,12 +1198,8 @@ def bench_front(
     from searchlab.bench import INSTANCES
     from searchlab.bench_front import METHODS, front_benchmark, summarise
 
-    unknown = [i for i in instance or [] if i not in INSTANCES]
-    if unknown:
-        raise SearchlabError(f"unknown instance(s) {unknown}; known: {list(INSTANCES)}")
-    unknown = [m for m in method or [] if m not in METHODS]
-    if unknown:
-        raise SearchlabError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    _known("instance", instance, INSTANCES)
+    _known("method", method, METHODS)
     rows = front_benchmark(
         instance or ["goodhart", "null"],
         range(first_seed, first_seed + seeds),
