@@ -378,3 +378,11 @@ def test_the_caller_gets_the_baseline_first_and_a_failed_one_sets_no_floor(
     floors = status(study.record)["objective"]["floors"]
     assert floors[0]["threshold"] is None and "no external score yet" in floors[0]["basis"]
     assert floors[1]["threshold"] == 0.2
+
+
+def test_overhead_times_a_pareto_proposal_against_a_multi_objective_gpsampler() -> None:
+    from searchlab.bench import overhead
+
+    (row,) = overhead(candidates=(12,), repeats=1, objective=ObjectiveType.PARETO)
+    assert row["candidates"] == 12
+    assert all(row[k] > 0 for k in ("searchlab_s", "searchlab_cold_s", "optuna_gp_s", "ratio"))
