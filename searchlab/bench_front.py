@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from searchlab.backends import backend_for as _backend
 from searchlab.objective import hypervolume
 
 __all__ = ["METHODS", "front_benchmark", "summarise"]
@@ -63,12 +64,6 @@ def _baseline(domains: list[str]) -> dict[str, Any]:
     mixture[f"mixture.{domains[-1]}"] = 1.0 - share * (len(domains) - 1)
     return {**mixture, "learning_rate": 1e-4, "epochs": 3, "lora_rank": 16,
             "template_share": 0.0, "lora_dropout": 0.1}  # fmt: skip
-
-
-def _backend(config: Any) -> Any:
-    from searchlab.backends import backend_for
-
-    return backend_for(config)
 
 
 def _reference(config: Any, backend: Any) -> np.ndarray:

@@ -36,6 +36,7 @@ from searchlab.objective import (
     ResolvedFloor,
     floor_shortfall,
     front_mask,
+    modelled_key,
     resolve_floors,
 )
 from searchlab.policy import (
@@ -938,10 +939,7 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """The completed candidates no other beats in every domain's modelled external (dev
         where a domain has no external model yet), with their scores (searchlab.objective)."""
-        columns = [
-            p["ext_mean"] if not np.isnan(p["ext_mean"]).any() else p["dev_mean"]
-            for p in models.predictions
-        ]
+        columns = [p[f"{modelled_key(p)}_mean"] for p in models.predictions]
         values = np.stack(columns, axis=1)  # n x K
         true_external = getattr(self.backend, "true_external", None) if truth else None
         on_front = front_mask(values)

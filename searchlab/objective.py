@@ -55,6 +55,7 @@ __all__ = [
     "floor_shortfall",
     "front_mask",
     "hypervolume",
+    "modelled_key",
     "resolve_floors",
 ]
 
@@ -122,10 +123,18 @@ def floor_shortfall(
         if f.threshold is None:
             continue
         p = predictions[f.domain]
-        key = "ext" if f.task == FloorTask.EXTERNAL and not np.isnan(p["ext_mean"]).any() else "dev"
+        key = modelled_key(p) if f.task == FloorTask.EXTERNAL else "dev"
         lower = np.asarray(p[f"{key}_mean"]) - z * np.asarray(p[f"{key}_sd"])
         short += np.clip(f.threshold - lower, 0.0, None)
     return short
+
+
+def modelled_key(prediction: Mapping[str, np.ndarray]) -> str:
+    """``"ext"`` where a domain's prediction has an external model, else ``"dev"`` (its only
+    model): what floors and the front read as the domain's modelled external."""
+    import numpy as np
+
+    return "dev" if np.isnan(prediction["ext_mean"]).any() else "ext"
 
 
 def front_mask(values: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, simulated_study, sqlite_url, write_yaml
 
-from searchlab.backends import load_backend
+from searchlab.backends import backend_for
 from searchlab.config import validate_study
 from searchlab.engine import Engine
 from searchlab.errors import StudyFileError
@@ -76,14 +76,7 @@ def _pareto_with_floors(seed: int = 0) -> dict[str, Any]:
 def _run(url: str, data: dict[str, Any]) -> Any:
     config = validate_study(data, source="test")
     record = Storage(url, create=True).create(config)
-    backend = load_backend(
-        config.backend.name,
-        config.backend.options,
-        domains=config.domain_names,
-        weights=config.weights,
-        seed=config.seed,
-    )
-    Engine(record=record, config=config, backend=backend).run()
+    Engine(record=record, config=config, backend=backend_for(config)).run()
     return record
 
 
