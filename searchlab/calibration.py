@@ -18,6 +18,9 @@ dev-only GP, floored external scores). This module measures that directly:
   studies with an alarm before the last round and the delay after the onset.
 - :func:`compare_peers` runs the detectors of :mod:`searchlab.peers` on the same pair streams,
   each at the threshold that gives no more null studies with an alarm than the validity test.
+- :func:`evidence_ceiling` asks whether a miss is the test's or the data's: the evidence of
+  decoupling the engine's pairs held, against the most that the same number of pairs chosen
+  from the study's own candidates could have held (what a better submission policy could buy).
 
 Why a replay is exact: with the switch disabled the engine's proposals and submissions never
 depend on the test, and with it enabled they do not depend on it before the first alarm (the
@@ -30,12 +33,14 @@ any setting. Rates are binomial proportions over independent studies, reported w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 __all__ = [
     "ALTERNATIVE_INSTANCES",
     "NULL_INSTANCES",
     "compare_peers",
+    "evidence_ceiling",
     "false_alarms",
     "make_corpus",
     "merge_corpus",
@@ -468,3 +473,199 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
         "validity_test": {"false_alarms": ours, "power": power(storage_url, **overrides)},
         "peers": peers,
     }
+
+
+def evidence_ceiling(
+    storage_url: str,
+    *,
+    names: Sequence[str] | None = None,
+    restarts: int = 4,
+    seed: int = 0,
+    **overrides: Any,
+) -> dict[str, Any]:
+    r"""How much evidence of decoupling a study's pairs held, and the most its candidates allowed.
+
+    For each finished alternative study and weak domain, with the test's settings (the study's,
+    changed by ``overrides`` as in :func:`searchlab.analysis.reanalyze`): ``x_i`` is candidate
+    ``i``'s noise-free dev over the warm-up dev sd (the test's unit), ``mu_i`` its noise-free
+    external (the simulated surface's truth), and ``sigma`` the residual sd of the test's own
+    hinge fits on the engine's pairs at the last check (median over the knots). For a set ``D``
+    of paired candidates and a knot ``k`` the hinge fitted to ``(x_D, mu_D)`` gives the design's
+    ``delta_{D,k}`` and ``v_{D,k} = [(W'W)^{-1}]_{delta delta}``, and
+
+    .. math::
+
+        \lambda(D, k) = -\delta_{D,k} / (\sigma \sqrt{v_{D,k}})
+
+    is the t statistic of ``delta`` the last check would have on average (its noncentrality;
+    positive means evidence of decoupling). Reported per weak domain: ``lambda`` of the engine's
+    own pairs (best knot), and of the best set of as many pairs among the study's completed
+    candidates (a local search over single swaps at every knot, from the engine's pairs and from
+    ``restarts`` random starts:
+    a lower bound on the best design, with hindsight on all candidates and their truth, which no
+    submission policy has). ``power_*`` is the chance that a one-sided t-test at level
+    ``alpha / n_domains``, run once at the last check, rejects (non-central t): a generous
+    reference, since a test that checks after every pair and must bound its false alarms over
+    all checks is less powerful than one that looks once.
+
+    Only the simulated back end has the truth this needs; other studies are skipped. The
+    ``local`` form (no ``kappa``) is not measured.
+
+    Args:
+        storage_url: The corpus's storage.
+        names: Studies to measure (default: every alternative corpus study in the storage).
+        restarts: Random starts of the swap search per knot.
+        seed: Seed of those starts.
+        **overrides: Detector settings, as for :func:`false_alarms`.
+
+    Returns:
+        A JSON-safe dict: ``settings`` and ``studies``: one row per study and weak domain with
+        ``study``, ``instance``, ``domain``, ``pairs``, ``sigma``, ``lambda_pairs``,
+        ``lambda_best``, ``power_pairs``, ``power_best`` and ``best_knot`` (dev units).
+    """
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from searchlab.analysis import _settings
+    from searchlab.backends import backend_for
+    from searchlab.config import stored_config
+    from searchlab.readmodel import read
+    from searchlab.store import Storage
+    from searchlab.validity import ValidityTest
+
+    if overrides.get("hinge_form") == "local":
+        raise ValueError("--hinge-form local: the evidence ceiling needs the linear or quad hinge")
+    storage = Storage(storage_url)
+    if names is None:
+        names = [n for n in storage.names() if n.startswith(_ALT_PREFIX + "-")]
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    settings: Any = None
+    for name in names:
+        record = storage.load(name)
+        if not record.finished:
+            continue
+        config = stored_config(record.config_data)
+        surface = getattr(backend_for(config), "surface", None)
+        if surface is None:
+            continue
+        view = read(record)
+        _, settings, _ = _settings(view, overrides)
+        if settings.hinge_form == "local":
+            raise ValueError(f"study {name!r} tests with the local hinge: give --hinge-form")
+        kappa = settings.tracking
+        paired = [s["candidate"] for s in view.pairs if s.get("test_dev")]
+        numbers = sorted(view.complete)
+        index = {n: i for i, n in enumerate(numbers)}
+        recipes = [view.complete[n].recipe for n in numbers]
+        streams = _streams(record)
+        for d in config.backend.options.get("weak_domains", []):
+            test = ValidityTest(settings=settings)
+            test.fix_knots(streams[d]["warm"])
+            scale = float(test.scale or 1.0)
+            knots = [k / scale for k in test.knots or ()]
+            truth = [
+                (surface.true_dev(r, candidate=n)[d], surface.true_external(r, candidate=n)[d])
+                for n, r in zip(numbers, recipes, strict=True)
+            ]
+            x = np.array([t[0] for t in truth]) / scale
+            mu = np.array([t[1] for t in truth])
+            sigma = _residual_sd(streams[d]["x"] / scale, streams[d]["y"], knots, settings, kappa)
+            lam = partial(_noncentrality, x, mu, sigma=sigma, settings=settings, kappa=kappa)
+            sub = np.array([[index[n] for n in paired]])
+            own = max(float(lam(sub, k)[0]) for k in knots)
+            best, best_knot = -math.inf, math.nan
+            for k in knots:
+                # The engine's own pairs are one start: the ceiling is never below them.
+                starts = [sub[0]] + [
+                    rng.choice(len(x), sub.shape[1], replace=False) for _ in range(restarts)
+                ]
+                for start in starts:
+                    value = _swap_search(lam, k, len(x), start)
+                    if value > best:
+                        best, best_knot = value, k * scale
+            nu = max(sub.shape[1] - (4 if settings.hinge_form == "quad" else 3), 1)
+            crit = float(stats.t.ppf(1.0 - settings.alpha / settings.n_domains, nu))
+            rows.append(
+                {
+                    "study": name,
+                    "instance": _instance_of(name),
+                    "domain": d,
+                    "pairs": int(sub.shape[1]),
+                    "sigma": sigma,
+                    "lambda_pairs": own,
+                    "lambda_best": best,
+                    "power_pairs": float(stats.nct.sf(crit, nu, own)),
+                    "power_best": float(stats.nct.sf(crit, nu, best)),
+                    "best_knot": best_knot,
+                }
+            )
+    return {"settings": None if settings is None else settings.to_dict(), "studies": rows}
+
+
+def _residual_sd(x: Any, y: Any, knots: Sequence[float], settings: Any, kappa: float) -> float:
+    """Median over the knots of the residual sd of the test's hinge fit to the pairs ``(x,
+    y)`` (``x`` standardised); nan when no knot can be fitted."""
+    import math
+
+    import numpy as np
+
+    from searchlab.validity import _hinge_fit
+
+    sds = []
+    for k in knots:
+        if int(np.count_nonzero(x > k)) < settings.min_above:
+            continue
+        fit = _hinge_fit(x, y, k, settings.hinge_form, kappa)
+        if fit is not None:
+            sds.append(math.sqrt(fit[3] / fit[4]))
+    return float(np.median(sds)) if sds else math.nan
+
+
+def _noncentrality(
+    x: Any,
+    mu: Any,
+    chosen: Any,
+    knot: float,
+    *,
+    sigma: float,
+    settings: Any,
+    kappa: float,
+) -> Any:
+    """``-delta / (sigma sqrt(v))`` of the hinge fitted to the noise-free ``(x, mu)`` of the
+    ``chosen`` candidates at ``knot``, for each row of ``chosen`` (shape ``(B, m)``: ``B``
+    designs of ``m`` candidates); 0 where a design has too few candidates above the knot."""
+    import numpy as np
+
+    from searchlab.validity import hinge_design
+
+    xs, ms = x[chosen], mu[chosen]  # B x m
+    w, m = hinge_design(xs, ms, knot, settings.hinge_form, kappa)  # B x m x p, B x m
+    inv = np.linalg.pinv(np.swapaxes(w, -1, -2) @ w)  # B x p x p
+    delta = (inv @ (np.swapaxes(w, -1, -2) @ m[..., None]))[:, -1, 0]
+    v = inv[:, -1, -1]
+    ok = (np.count_nonzero(xs > knot, axis=-1) >= settings.min_above) & (v > 0.0)
+    return np.where(ok, -delta / (sigma * np.sqrt(np.where(ok, v, 1.0))), 0.0)
+
+
+def _swap_search(value: Callable[[Any, float], Any], knot: float, n: int, start: Any) -> float:
+    """Local search for the ``len(start)`` of ``n`` candidates with the largest ``value(chosen,
+    knot)``: from ``start``, make the best single swap at each position while one improves it."""
+    import numpy as np
+
+    chosen = np.asarray(start)
+    m = len(chosen)
+    current = float(value(chosen[None, :], knot)[0])
+    improved = True
+    while improved:
+        improved = False
+        for pos in range(m):
+            trials = np.repeat(chosen[None, :], n, axis=0)  # n x m: position pos <- each j
+            trials[:, pos] = np.arange(n)
+            values = np.where(np.isin(np.arange(n), chosen), -np.inf, value(trials, knot))
+            j = int(np.argmax(values))
+            if values[j] > current + 1e-9:
+                chosen, current, improved = trials[j], float(values[j]), True
+    return current

@@ -1030,6 +1030,24 @@ def validity_peers(
     print(json.dumps(compare_peers(_storage_url(storage), **settings), indent=2, sort_keys=True))
 
 
+@validity_app.command("ceiling")
+def validity_ceiling(
+    storage: StorageOpt = None,
+    tracking: TrackingOpt = None,
+    hinge_form: HingeFormOpt = None,
+) -> None:
+    """Evidence of decoupling in each alternative study's pairs, against the most that as many
+    pairs of its own candidates could hold (JSON; simulated studies only)."""
+    from searchlab.calibration import evidence_ceiling
+
+    settings = _replay_settings(None, tracking, hinge_form)
+    try:
+        result = evidence_ceiling(_storage_url(storage), **settings)
+    except ValueError as exc:
+        raise SearchlabError(str(exc)) from None
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

@@ -168,6 +168,7 @@ __all__ = [
     "HingeForm",
     "ValidityResult",
     "ValidityTest",
+    "hinge_design",
     "hinge_evalue",
 ]
 
@@ -396,30 +397,32 @@ def _log_evalue_from_stats(
     return math.log(2.0) + log_bf2 + math.log(prob)
 
 
-def _hinge_design(
+def hinge_design(
     x: np.ndarray, y: np.ndarray, knot: float, form: str, tracking: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Design matrix of the hinge model, slope-above-the-knot column last.
 
     Args:
-        x: Dev values, shape ``(n,)``.
-        y: External values, shape ``(n,)``.
+        x: Dev values, shape ``(n,)`` (``"quad"`` and ``"linear"`` also take ``(..., n)``: one
+            design per leading index).
+        y: External values, shape of ``x``.
         knot: Knot, same units as ``x``.
         form: ``"quad"``, ``"linear"`` or ``"local"`` (see the module docstring).
         tracking: ``kappa``; the last column's coefficient is ``delta = s - kappa b``.
 
     Returns:
-        ``(W, y)``: the design, shape ``(m, p)``, and the response, shape ``(m,)`` (``m = n``
-        except for ``"local"``, which keeps the pairs above the knot). Column 1's coefficient
-        is the slope ``b`` below the knot (not for ``"local"``), the last column's ``delta``.
+        ``(W, y)``: the design, shape ``(..., m, p)``, and the response, shape ``(..., m)``
+        (``m = n`` except for ``"local"``, which keeps the pairs above the knot). Column 1's
+        coefficient is the slope ``b`` below the knot (not for ``"local"``), the last column's
+        ``delta``.
     """
     hinge = np.maximum(x - knot, 0.0)
     if form == "quad":
         u = np.minimum(x, knot) - knot
-        return np.column_stack([np.ones_like(x), u + tracking * hinge, u * u, hinge]), y
+        return np.stack([np.ones_like(x), u + tracking * hinge, u * u, hinge], axis=-1), y
     if form == "linear":
         below = np.minimum(x, knot) + tracking * hinge
-        return np.column_stack([np.ones_like(x), below, hinge]), y
+        return np.stack([np.ones_like(x), below, hinge], axis=-1), y
     if form == "local":
         above = x > knot
         return np.column_stack([np.ones(int(above.sum())), hinge[above]]), y[above]
@@ -436,7 +439,7 @@ def _hinge_fit(
         y: External values, shape ``(n,)``.
         knot: Knot, same units as ``x``.
         form: ``"quad"``, ``"linear"`` or ``"local"``.
-        tracking: ``kappa`` (see :func:`_hinge_design`).
+        tracking: ``kappa`` (see :func:`hinge_design`).
 
     Returns:
         ``(delta_hat, b_hat, v, rss, nu, v_s)``: the estimate of ``delta = s - kappa b`` (``s``
@@ -447,7 +450,7 @@ def _hinge_fit(
     """
     if form == "local":
         tracking = 0.0
-    design, y = _hinge_design(x, y, knot, form, tracking)
+    design, y = hinge_design(x, y, knot, form, tracking)
     n, p = design.shape
     if n - p < 2:
         return None

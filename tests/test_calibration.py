@@ -8,7 +8,13 @@ import optuna
 import pytest
 from conftest import run_cli, sqlite_url
 
-from searchlab.calibration import compare_peers, false_alarms, make_corpus, power
+from searchlab.calibration import (
+    compare_peers,
+    evidence_ceiling,
+    false_alarms,
+    make_corpus,
+    power,
+)
 from searchlab.peers import PEERS
 from searchlab.store import Storage
 
@@ -72,6 +78,19 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
         assert peer["null_studies_with_alarm"] <= ours or peer["threshold"] == strictest
         assert set(peer["power"]) == {"plateau.15c/equations"}
 
+    # The ceiling measures the alternative study's weak domain only, and a search that starts
+    # from the engine's own pairs never ends below them.
+    ceiling = evidence_ceiling(url, hinge_form="linear", restarts=1)
+    [row] = ceiling["studies"]
+    assert (row["study"], row["domain"], row["pairs"]) == (
+        "power-corpus-plateau.15c-5",
+        "equations",
+        9,
+    )
+    assert row["lambda_best"] >= row["lambda_pairs"]
+    assert 0.0 <= row["power_pairs"] <= row["power_best"] <= 1.0
+    assert ceiling["settings"]["hinge_form"] == "linear"
+
 
 @pytest.mark.parametrize(
     ("args", "culprit"),
@@ -79,6 +98,7 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
         (["power", "--hinge-form", "cubic"], "--hinge-form"),
         (["peers", "--threshold", "1"], "--threshold"),
         (["replay", "--tracking", "1.5"], "--tracking"),
+        (["ceiling", "--hinge-form", "local"], "local"),
     ],
 )
 def test_replay_commands_name_a_bad_setting_in_one_line(

@@ -15,8 +15,8 @@ from searchlab.validity import (
     DomainMonitor,
     ValidityResult,
     ValidityTest,
-    _hinge_design,
     _log_evalue_from_stats,
+    hinge_design,
     hinge_evalue,
 )
 
@@ -88,7 +88,7 @@ def test_evalue_matches_numerical_integration(form: str, direction: int) -> None
     e_mod, s_hat_mod, _ = hinge_evalue(
         x, y, knot, prior_scale=g, direction=direction, form=form, min_above=3
     )
-    design, yy = _hinge_design(x, y, knot, form)
+    design, yy = hinge_design(x, y, knot, form)
     s_hat, *_ = _ols_summaries(design, yy)
     assert s_hat_mod == pytest.approx(s_hat, rel=1e-9)
     e_num = _numerical_evalue(design, yy, g, direction)
@@ -98,7 +98,7 @@ def test_evalue_matches_numerical_integration(form: str, direction: int) -> None
 def test_sigma_known_limit() -> None:
     """The brief's sigma-known formula equals a direct integral, and the t version tends to it."""
     x, y, knot = _example(n=15, seed=5)
-    design, _ = _hinge_design(x, y, knot, "linear")
+    design, _ = hinge_design(x, y, knot, "linear")
     s_hat, v, _, _ = _ols_summaries(design, y)
     sigma, g = 0.3, 0.8
     t = s_hat / (sigma * math.sqrt(v))
@@ -128,7 +128,7 @@ def test_evalue_has_unit_mean_under_point_null() -> None:
     rng = np.random.default_rng(11)
     x = np.sort(rng.uniform(0.0, 2.0, 20))
     knot = float(np.quantile(x, 0.6))
-    design, _ = _hinge_design(x, x, knot, "quad")
+    design, _ = hinge_design(x, x, knot, "quad")
     v = float(np.linalg.inv(design.T @ design)[-1, -1])
     g = 0.3 * v
     mean_y = 1.0 + 0.5 * np.minimum(x, knot)  # s = 0
@@ -374,8 +374,8 @@ def _plateau_like(rng: np.random.Generator, ratio: float) -> tuple[np.ndarray, n
 def test_delta_is_the_slope_above_minus_kappa_times_the_slope_below() -> None:
     x, y, knot = _example(n=30, seed=4)
     for form in ("quad", "linear"):
-        plain, _ = _hinge_design(x, y, knot, form)
-        shifted, _ = _hinge_design(x, y, knot, form, 0.25)
+        plain, _ = hinge_design(x, y, knot, form)
+        shifted, _ = hinge_design(x, y, knot, form, 0.25)
         beta = np.linalg.lstsq(plain, y, rcond=None)[0]
         beta_k = np.linalg.lstsq(shifted, y, rcond=None)[0]
         assert beta_k[-1] == pytest.approx(beta[-1] - 0.25 * beta[1], abs=1e-9)
@@ -416,3 +416,14 @@ def test_settings_stored_before_kappa_replay_the_old_test() -> None:
     assert DetectorSettings.from_dict(old).tracking == 0.0
     with pytest.raises(ValueError, match="tracking"):
         DetectorSettings(tracking=1.0)
+
+
+@pytest.mark.parametrize("form", ["linear", "quad"])
+def test_hinge_design_takes_a_batch_of_designs(form: str) -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(4, 9)), rng.normal(size=(4, 9))
+    batch, yb = hinge_design(x, y, 0.2, form, 0.25)
+    for i in range(4):
+        one, yi = hinge_design(x[i], y[i], 0.2, form, 0.25)
+        np.testing.assert_array_equal(batch[i], one)
+        np.testing.assert_array_equal(yb[i], yi)
