@@ -501,12 +501,11 @@ def evidence_ceiling(
     positive means evidence of decoupling). Reported per weak domain: ``lambda`` of the engine's
     own pairs (best knot), and of the best set of as many pairs among the study's completed
     candidates (a local search over single swaps at every knot, from the engine's pairs and from
-    ``restarts`` random starts:
-    a lower bound on the best design, with hindsight on all candidates and their truth, which no
-    submission policy has). ``power_*`` is the chance that a one-sided t-test at level
-    ``alpha / n_domains``, run once at the last check, rejects (non-central t): a generous
-    reference, since a test that checks after every pair and must bound its false alarms over
-    all checks is less powerful than one that looks once.
+    ``restarts`` random starts: a lower bound on the best design, with hindsight on all
+    candidates and their truth, which no submission policy has). ``power_*`` is the chance that
+    a one-sided t-test at level ``alpha / n_domains``, run once at the last check, rejects
+    (non-central t): a generous reference, since a test that checks after every pair and must
+    bound its false alarms over all checks is less powerful than one that looks once.
 
     Only the simulated back end has the truth this needs; other studies are skipped. The
     ``local`` form (no ``kappa``) is not measured.
@@ -521,7 +520,8 @@ def evidence_ceiling(
     Returns:
         A JSON-safe dict: ``settings`` and ``studies``: one row per study and weak domain with
         ``study``, ``instance``, ``domain``, ``pairs``, ``sigma``, ``lambda_pairs``,
-        ``lambda_best``, ``power_pairs``, ``power_best`` and ``best_knot`` (dev units).
+        ``lambda_best``, ``power_pairs``, ``power_best`` and ``best_knot`` (dev units); the
+        last five are None where no knot could be fitted to the engine's pairs (no ``sigma``).
     """
     import math
 
@@ -573,6 +573,19 @@ def evidence_ceiling(
             x = np.array([t[0] for t in truth]) / scale
             mu = np.array([t[1] for t in truth])
             sigma = _residual_sd(streams[d]["x"] / scale, streams[d]["y"], knots, settings, kappa)
+            row = {
+                "study": name,
+                "instance": _instance_of(name),
+                "domain": d,
+                "pairs": len(paired),
+                "sigma": sigma if sigma > 0.0 else None,
+            }
+            rows.append(row)
+            if not sigma > 0.0:
+                row |= dict.fromkeys(
+                    ("lambda_pairs", "lambda_best", "power_pairs", "power_best", "best_knot")
+                )
+                continue
             lam = partial(_noncentrality, x, mu, sigma=sigma, settings=settings, kappa=kappa)
             sub = np.array([[index[n] for n in paired]])
             own = max(float(lam(sub, k)[0]) for k in knots)
@@ -588,20 +601,13 @@ def evidence_ceiling(
                         best, best_knot = value, k * scale
             nu = max(sub.shape[1] - (4 if settings.hinge_form == "quad" else 3), 1)
             crit = float(stats.t.ppf(1.0 - settings.alpha / settings.n_domains, nu))
-            rows.append(
-                {
-                    "study": name,
-                    "instance": _instance_of(name),
-                    "domain": d,
-                    "pairs": int(sub.shape[1]),
-                    "sigma": sigma,
-                    "lambda_pairs": own,
-                    "lambda_best": best,
-                    "power_pairs": float(stats.nct.sf(crit, nu, own)),
-                    "power_best": float(stats.nct.sf(crit, nu, best)),
-                    "best_knot": best_knot,
-                }
-            )
+            row |= {
+                "lambda_pairs": own,
+                "lambda_best": best,
+                "power_pairs": float(stats.nct.sf(crit, nu, own)),
+                "power_best": float(stats.nct.sf(crit, nu, best)),
+                "best_knot": best_knot,
+            }
     return {"settings": None if settings is None else settings.to_dict(), "studies": rows}
 
 
