@@ -46,24 +46,33 @@ def _log_v(x: np.ndarray, knots: list[float], form: str, kappa: float) -> float:
     return total
 
 
+def _alarm_fits(
+    x: np.ndarray, y: np.ndarray, knots: list[float], form: str, kappa: float
+) -> list[tuple[float, float, float]]:
+    """``(knot, delta_hat, sigma_hat^2)`` of the hinge fitted to the pairs so far, per knot
+    with at least 3 pairs above it."""
+    from searchlab.validity import _hinge_fit
+
+    fits = []
+    for k in knots:
+        fit = _hinge_fit(x, y, k, form, kappa) if np.count_nonzero(x > k) >= 3 else None
+        if fit is not None:
+            fits.append((k, fit[0], fit[3] / fit[4]))
+    return fits
+
+
 def _expected_t2(
-    x: np.ndarray, y: np.ndarray, x_new: float, knots: list[float], form: str, kappa: float
+    fits: list[tuple[float, float, float]], x: np.ndarray, x_new: float, form: str, kappa: float
 ) -> float:
     """Plug-in expected squared t of ``delta`` (alarm side) at the best knot, after adding a
-    pair at ``x_new``: ``min(delta_hat, 0)^2 / (sigma_hat^2 v_after)`` from the current fit."""
-    from searchlab.validity import _hinge_fit, hinge_design
+    pair at ``x_new``: ``min(delta_hat, 0)^2 / (sigma_hat^2 v_after)`` from ``fits``."""
+    from searchlab.validity import hinge_design
 
     best = 0.0
-    for k in knots:
-        if int(np.count_nonzero(x > k)) < 3:
-            continue
-        fit = _hinge_fit(x, y, k, form, kappa)
-        if fit is None:
-            continue
-        d_hat, _, _, rss, nu, _ = fit
-        w, _ = hinge_design(np.append(x, x_new), np.append(y, 0.0), k, form, kappa)
+    for k, d_hat, s2 in fits:
+        w, _ = hinge_design(np.append(x, x_new), np.append(x, x_new), k, form, kappa)
         v_after = float(np.linalg.inv(w.T @ w)[-1, -1])
-        best = max(best, min(d_hat, 0.0) ** 2 / (rss / nu * v_after))
+        best = max(best, min(d_hat, 0.0) ** 2 / (s2 * v_after))
     return best
 
 
@@ -96,7 +105,7 @@ def _one_study(
     surface = backend_for(config).surface
     view = read(record)
     _, st, _ = _settings(view, {"hinge_form": hinge_form})
-    streams = _streams(record)
+    streams = _streams(view)
     numbers = sorted(view.complete)
     index = {n: i for i, n in enumerate(numbers)}
     trained = np.array([view.complete[n].round for n in numbers])
@@ -124,24 +133,22 @@ def _one_study(
             y[i] = scores["public"]
         return y[i]
 
-    def gain(chosen: list[int], i: int) -> float:
+    def gains(chosen: list[int]) -> Any:
+        """The rule's gain of each candidate added to ``chosen``, as a function of it; what
+        does not depend on the candidate is computed once."""
+        form, kappa = st.hinge_form, st.tracking
         if rule == "c-optimal":
-            return sum(
-                _log_v(x[d][chosen], knots[d], st.hinge_form, st.tracking)
-                - _log_v(x[d][[*chosen, i]], knots[d], st.hinge_form, st.tracking)
-                for d in x
+            base = {d: _log_v(x[d][chosen], knots[d], form, kappa) for d in x}
+            return lambda i: sum(
+                base[d] - _log_v(x[d][[*chosen, i]], knots[d], form, kappa) for d in x
             )
         ys = [external(j) for j in chosen]
-        return sum(
-            _expected_t2(
-                x[d][chosen],
-                np.array([v[d] for v in ys]),
-                float(x[d][i]),
-                knots[d],
-                st.hinge_form,
-                st.tracking,
-            )
+        fits = {
+            d: _alarm_fits(x[d][chosen], np.array([v[d] for v in ys]), knots[d], form, kappa)
             for d in x
+        }
+        return lambda i: sum(
+            _expected_t2(fits[d], x[d][chosen], float(x[d][i]), form, kappa) for d in x
         )
 
     pairs = [s for s in view.pairs if s.get("test_dev")]
@@ -157,7 +164,7 @@ def _one_study(
         for _ in range(slots):
             open_ = [i for i in range(len(numbers)) if trained[i] <= r and i not in chosen]
             if open_:
-                chosen.append(max(open_, key=partial(gain, list(chosen))))
+                chosen.append(max(open_, key=gains(list(chosen))))
     engine = np.array([[index[s["candidate"]] for s in pairs]])
     for d in config.backend.options.get("weak_domains", []):
         mu = np.array(

@@ -381,15 +381,12 @@ def _peer_power(
     return table
 
 
-def _streams(record: Any) -> dict[str, dict[str, Any]]:
-    """Per domain, the pairs as the validity test received them: ``x`` (the dev fixed at
-    entry), ``y`` (external), ``rounds`` (each pair's submission round) and ``warm`` (warm-up
-    dev the knots were fixed from)."""
+def _streams(view: Any) -> dict[str, dict[str, Any]]:
+    """Per domain, the pairs of a study (its :class:`~searchlab.readmodel.StudyView`) as the
+    validity test received them: ``x`` (the dev fixed at entry), ``y`` (external), ``rounds``
+    (each pair's submission round) and ``warm`` (warm-up dev the knots were fixed from)."""
     import numpy as np
 
-    from searchlab.readmodel import read
-
-    view = read(record)
     done = [s for s in view.pairs if s.get("test_dev")]
     warm = view.warmup_dev or {}
     return {
@@ -422,6 +419,7 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
     """
 
     from searchlab.peers import PEERS
+    from searchlab.readmodel import read
     from searchlab.store import Storage
 
     storage = Storage(storage_url)
@@ -435,7 +433,7 @@ def compare_peers(storage_url: str, **overrides: Any) -> dict[str, Any]:
         rounds = record.config_data["rounds"]
         entry = {
             "instance": _instance_of(name),
-            "streams": _streams(record),
+            "streams": _streams(read(record)),
             "k": int(rounds["candidates"]),
             "last": int(rounds["count"]) - 1,
         }
@@ -560,7 +558,7 @@ def evidence_ceiling(
         numbers = sorted(view.complete)
         index = {n: i for i, n in enumerate(numbers)}
         recipes = [view.complete[n].recipe for n in numbers]
-        streams = _streams(record)
+        streams = _streams(view)
         for d in config.backend.options.get("weak_domains", []):
             test = ValidityTest(settings=settings)
             test.fix_knots(streams[d]["warm"])
