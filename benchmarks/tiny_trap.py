@@ -7,7 +7,8 @@ private halves together). Also prints the base's accuracy, training tokens per s
 evaluation samples per second. Everything runs on CPU; the base is built once into the cache.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tiny_trap.py \
-        [--domain roman_numerals] [--shares 0 0.25 0.5 0.75 1] [--seeds 1 2 3] [--json]
+        [--domain roman_numerals] [--shares 0 0.25 0.5 0.75 1] [--seeds 1 2 3] \
+        [--full-modules mlp+embeddings] [--json]
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--target-modules", default="attention")
+    parser.add_argument("--full-modules", default="none", help="trained in full beside LoRA")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "searchlab-bench"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--examples", type=int, default=512, help="training examples per run")
+    parser.add_argument("--dev-items", type=int, default=64)
+    parser.add_argument("--external-items", type=int, default=128)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -45,7 +51,14 @@ def main() -> None:
     from searchlab_training.backend import PostTrainingBackend
 
     backend = PostTrainingBackend(
-        domains=[args.domain], weights={}, seed=0, cache_dir=args.cache, device=args.device
+        domains=[args.domain],
+        weights={},
+        seed=0,
+        cache_dir=args.cache,
+        device=args.device,
+        examples=args.examples,
+        dev_items=args.dev_items,
+        external_items=args.external_items,
     )
     started = time.perf_counter()
     base = backend.base_path()
@@ -66,6 +79,8 @@ def main() -> None:
                 "learning_rate": args.learning_rate,
                 "steps": args.steps,
                 "lora_rank": args.rank,
+                "target_modules": args.target_modules,
+                "full_modules": args.full_modules,
                 f"template_share_{args.domain}": share,
             }
             artefact = backend.train(recipe, candidate=0, seed=seed)

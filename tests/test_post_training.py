@@ -144,6 +144,28 @@ def test_accuracy_agrees_with_saved_samples_and_cache_is_used(
     assert backend.evaluate(artefact) == dev
 
 
+def test_full_modules_train_in_full_and_are_read_back(cache: Path) -> None:
+    """``full_modules`` trains whole modules beside LoRA (peft's modules_to_save): they are saved
+    with the adapter and the evaluation loads them, so the scores are those of the trained MLPs."""
+    from safetensors import safe_open
+
+    backend = _backend(cache)
+    recipe = {**RECIPE, "learning_rate": 5e-3, "steps": 12}
+    full = backend.train({**recipe, "full_modules": "mlp"}, candidate=4, seed=5)
+    lora = backend.train(recipe, candidate=4, seed=5)
+    with safe_open(Path(full["adapter"]) / "adapter_model.safetensors", "pt") as f:
+        names = list(f.keys())
+    assert any(".mlp." in n and "lora_" not in n for n in names), names
+    record = json.loads((Path(full["adapter"]) / "searchlab.json").read_text())
+    assert record["recipe"]["full_modules"] == "mlp"
+    # Different weights, so different generations (on 64 prompts, at least one).
+    completions = {
+        k: [s["completion"] for s in backend.samples(a, "external")]
+        for k, a in (("full", full), ("lora", lora))
+    }
+    assert completions["full"] != completions["lora"]
+
+
 def test_grpo_recipe_trains(cache: Path) -> None:
     backend = _backend(cache, domains=["gravity"])
     recipe = {**RECIPE, "method": "grpo", "steps": 2, "batch_size": 8, "num_generations": 4}
@@ -186,6 +208,8 @@ def test_unknown_recipe_key_and_bad_values(cache: Path) -> None:
         backend.train({**RECIPE, "lora_rnak": 4}, candidate=0, seed=0)
     with pytest.raises(BackendError, match="lora_rank 0 must be a positive integer"):
         backend.train({**RECIPE, "lora_rank": 0}, candidate=0, seed=0)
+    with pytest.raises(BackendError, match="full_modules 'everything': expected one of"):
+        backend.train({**RECIPE, "full_modules": "everything"}, candidate=0, seed=0)
     with pytest.raises(BackendError, match="unknown key"):
         _backend(cache, evaluatr="vllm")
 
@@ -298,7 +322,7 @@ def test_study_with_real_backend_fails_bad_candidates_and_goes_on(
 
 def test_study_files_validate() -> None:
     root = Path(__file__).resolve().parents[1] / "studies"
-    for name in ("tiny-reasoning.yaml", "nemotron-30b.yaml"):
+    for name in ("tiny-reasoning.yaml", "tiny-trap.yaml", "nemotron-30b.yaml"):
         proc = run_cli("study", "validate", str(root / name))
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert ": ok (" in proc.stdout

@@ -58,6 +58,7 @@ _RECIPE_FIELDS = {
     "lora_alpha": "alpha",
     "lora_dropout": "dropout",
     "target_modules": "target_modules",
+    "full_modules": "full_modules",
     "num_generations": "num_generations",
     "max_length": "max_length",
 }
@@ -250,6 +251,7 @@ class PostTrainingBackend:
         if not lora.learning_rate > 0:
             raise BackendError(f"learning_rate {lora.learning_rate!r} must be positive")
         lora.modules()  # validates target_modules
+        lora.full()  # and full_modules
         if self.evaluator == "vllm":
             check_lora_rank(int(lora.rank), self.vllm)
         weights = {d: float(merged.get(f"mixture.{d}", 1.0)) for d in self.domains}

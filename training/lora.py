@@ -32,6 +32,15 @@ TARGET_MODULES: dict[str, list[str]] = {
     "attention+mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qv": ["q_proj", "v_proj"],
 }
+# Modules trained in full beside the LoRA adapter (peft's ``modules_to_save``: a trainable copy
+# saved with the adapter), by the shorthand a recipe uses. ``mlp`` is every decoder layer's MLP;
+# ``mlp+embeddings`` adds the input embeddings and the output head, which is what lets training
+# on one phrasing overwrite how the model reads the others (the real trap, docs/RESULTS.md).
+FULL_MODULES: dict[str, list[str]] = {
+    "none": [],
+    "mlp": ["mlp"],
+    "mlp+embeddings": ["mlp", "embed_tokens", "lm_head"],
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class LoraRecipe:
         alpha: LoRA alpha (scaling alpha / rank).
         dropout: LoRA dropout.
         target_modules: A key of :data:`TARGET_MODULES` or explicit module names.
+        full_modules: A key of :data:`FULL_MODULES` or explicit module names, trained in full
+            (not low-rank) beside the adapter and saved with it.
         num_generations: GRPO group size.
         max_length: SFT sequence length (tokens; longer examples are truncated).
         max_completion_length: GRPO completion length (tokens).
@@ -62,6 +73,7 @@ class LoraRecipe:
     alpha: float | None = None
     dropout: float = 0.0
     target_modules: str | Sequence[str] = "attention"
+    full_modules: str | Sequence[str] = "none"
     num_generations: int = 4
     max_length: int = 128
     max_completion_length: int = 16
@@ -75,6 +87,16 @@ class LoraRecipe:
                 )
             return TARGET_MODULES[self.target_modules]
         return list(self.target_modules)
+
+    def full(self) -> list[str]:
+        if isinstance(self.full_modules, str):
+            if self.full_modules not in FULL_MODULES:
+                raise BackendError(
+                    f"full_modules {self.full_modules!r}: expected one of "
+                    f"{sorted(FULL_MODULES)} or a list of module names"
+                )
+            return FULL_MODULES[self.full_modules]
+        return list(self.full_modules)
 
 
 @dataclass
@@ -104,6 +126,7 @@ def _peft_config(recipe: LoraRecipe) -> Any:
         lora_alpha=recipe.alpha if recipe.alpha is not None else 2 * recipe.rank,
         lora_dropout=recipe.dropout,
         target_modules=recipe.modules(),
+        modules_to_save=recipe.full() or None,
         task_type="CAUSAL_LM",
     )
 
