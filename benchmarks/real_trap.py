@@ -55,23 +55,15 @@ def _run_config(study: dict[str, Any], arm: str, cache: Path) -> dict[str, Any]:
     return config
 
 
-def _searchlab() -> list[str]:
-    """The CLI of this interpreter's environment."""
-    exe = Path(sys.executable).with_name("searchlab")
-    return (
-        [str(exe)]
-        if exe.exists()
-        else [sys.executable, "-c", "from searchlab.cli import main; main()"]
-    )
-
-
 def _run_study(file: Path, *, name: str, seed: int, storage: str, log: Path) -> dict[str, float]:
     """Runs ``study create`` in its own process; its wall time and peak resident memory."""
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [
-                *_searchlab(),
+                sys.executable,
+                "-m",
+                "searchlab.cli",
                 "study",
                 "create",
                 str(file),

@@ -40,6 +40,12 @@ def main() -> None:
     parser.add_argument("--full-modules", default="none", help="trained in full beside LoRA")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "searchlab-bench"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--base-template-share",
+        type=float,
+        default=None,
+        help="share of the tiny base's data in the dev phrasing (default: the base's own, 0.1)",
+    )
     parser.add_argument("--examples", type=int, default=512, help="training examples per run")
     parser.add_argument("--dev-items", type=int, default=64)
     parser.add_argument("--external-items", type=int, default=128)
@@ -59,6 +65,11 @@ def main() -> None:
         examples=args.examples,
         dev_items=args.dev_items,
         external_items=args.external_items,
+        **(
+            {"tiny": {"template_share": args.base_template_share}}
+            if args.base_template_share is not None
+            else {}
+        ),
     )
     started = time.perf_counter()
     base = backend.base_path()

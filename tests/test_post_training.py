@@ -29,6 +29,7 @@ from searchlab_training.backend import PostTrainingBackend
 from searchlab_training.data import FileSource, PuzzleSource, build_examples, mixture_counts
 from searchlab_training.tiny_model import TinyBaseSpec, build_tiny_base
 
+ROOT = Path(__file__).resolve().parents[1]
 # A base that builds in seconds: enough for the code paths, not for good accuracy.
 TEST_SPEC = {"steps": 120, "examples_per_family": 200, "vocab_size": 384, "hidden_size": 64}
 DOMAINS = ["roman_numerals", "gravity"]
@@ -402,3 +403,97 @@ def test_user_data_files_train_and_evaluate(cache: Path, tmp_path: Path) -> None
     examples = backend.source.draw("gravity", 48, 16, seed=1)
     assert sum(e.template for e in examples) == 16
     assert all(e.answer == e.completion.strip() for e in examples)
+
+
+def test_real_trap_benchmark_runs_both_arms_on_the_same_candidates(
+    cache: Path, tmp_path: Path
+) -> None:
+    """The small version of benchmarks/real_trap.py: a real study, as written and dev-only, with
+    the same seed. The arms share their warm-up (same recipes, same training seeds, so the same
+    dev scores), and each reports private external scores, wall time and peak memory."""
+    study = {
+        "name": "trap-small",
+        "seed": 3,
+        "domains": [{"name": d} for d in DOMAINS],
+        "space": {
+            "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True},
+            "template_share": {"type": "float", "low": 0.0, "high": 1.0},
+        },
+        "backend": {
+            "name": "post-training",
+            "options": {
+                "tiny": TEST_SPEC,
+                "device": "cpu",
+                "dev_items": 8,
+                "external_items": 16,
+                "template_domains": ["roman_numerals"],
+                "defaults": {"steps": 3, "lora_rank": 4, "full_modules": "mlp"},
+            },
+        },
+        "rounds": {"candidates": 3, "count": 3},
+        "external": {"per_round": 2, "total": 6},
+        "policy": {"threshold": 20},
+    }
+    file = write_yaml(tmp_path / "trap-small.yaml", study)
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "real_trap.py"),
+            "--study",
+            str(file),
+            "--seeds",
+            "3",
+            "--workdir",
+            str(work),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    runs = {r["arm"]: r for r in out["runs"]}
+    assert set(runs) == {"searchlab", "dev-only"}
+    for r in runs.values():
+        assert r["candidates"] == 9 and r["submissions"] == 6 and r["failed"] == 0
+        for key in ("recommendation", "best_dev"):
+            assert 0.0 <= r[key]["private"] <= 1.0
+            assert set(r[key]["per_domain"]) == set(DOMAINS)
+        assert r["wall_s"] > 0 and r["peak_rss_mb"] > 50
+    assert out["paired_seeds"] == [3] and len(out["searchlab_minus_dev_only"]) == 1
+    # The same warm-up in both arms: same recipes, same seeds, the same real dev scores.
+    from searchlab.readmodel import read
+    from searchlab.store import Storage
+
+    warmup = {}
+    for arm in runs:
+        view = read(
+            Storage(sqlite_url(work / f"{arm}-seed3" / "study.db")).load(f"trap-small-{arm}-3")
+        )
+        warmup[arm] = [(c.recipe, c.dev) for n, c in sorted(view.complete.items()) if c.round == 0]
+    assert len(warmup["searchlab"]) == 3 and warmup["searchlab"] == warmup["dev-only"]
+    # A finished run is read back, not run again.
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "real_trap.py"),
+            "--study",
+            str(file),
+            "--seeds",
+            "3",
+            "--arms",
+            "dev-only",
+            "--workdir",
+            str(work),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["runs"][0]["wall_s"] == runs["dev-only"]["wall_s"]

@@ -296,6 +296,9 @@ class PostTrainingBackend:
             warnings.filterwarnings(
                 "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
             )
+            # full_modules with the tied embeddings and head trains two copies, on purpose: the
+            # adapter stores both and loading restores both (peft warns about merging, never done).
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
             result = train_adapter(
                 model=model,
                 tokenizer=tokenizer,
