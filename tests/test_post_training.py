@@ -227,6 +227,8 @@ def test_lora_rank_vllm_cannot_serve(cache: Path) -> None:
     backend = _backend(cache, evaluator="vllm", vllm={"max_lora_rank": 16})
     with pytest.raises(BackendError, match="LoRA rank 32 cannot be served by vLLM"):
         backend.train({**RECIPE, "lora_rank": 32}, candidate=0, seed=0)
+    with pytest.raises(BackendError, match="full_modules 'mlp': vLLM serves LoRA adapters"):
+        backend.train({**RECIPE, "full_modules": "mlp"}, candidate=0, seed=0)
 
 
 def test_vllm_missing_is_reported_not_faked(cache: Path) -> None:

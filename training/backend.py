@@ -19,8 +19,9 @@ is downloaded: a hub id that is not a local folder is an error.
 
 Recipe keys (the study's search space names them): ``mixture.<domain>``, ``learning_rate``,
 ``epochs``, ``steps``, ``batch_size``, ``lora_rank``, ``lora_alpha``, ``lora_dropout``,
-``target_modules``, ``method`` (``sft`` or ``grpo``), ``num_generations``, ``template_share``
-(applied to ``template_domains``) and ``template_share_<domain>``. Any other key is an error
+``target_modules``, ``full_modules`` (modules trained in full beside the adapter), ``method``
+(``sft`` or ``grpo``), ``num_generations``, ``template_share`` (applied to ``template_domains``)
+and ``template_share_<domain>``. Any other key is an error
 naming it. ``options.defaults`` gives values for keys the space does not search.
 """
 
@@ -254,6 +255,12 @@ class PostTrainingBackend:
         lora.full()  # and full_modules
         if self.evaluator == "vllm":
             check_lora_rank(int(lora.rank), self.vllm)
+            if lora.full():
+                # vLLM's LoRA loader refuses adapters with modules_to_save (vllm#9280).
+                raise BackendError(
+                    f"full_modules {lora.full_modules!r}: vLLM serves LoRA adapters without "
+                    "fully trained modules only; use evaluator: transformers or full_modules: none"
+                )
         weights = {d: float(merged.get(f"mixture.{d}", 1.0)) for d in self.domains}
         shares = {d: float(merged.get(f"template_share_{d}", 0.0)) for d in self.domains}
         if "template_share" in merged:
