@@ -143,6 +143,11 @@ def main() -> None:
     from searchlab_training.backend import PostTrainingBackend
 
     study = yaml.safe_load(Path(args.study).read_text())
+    backend_name = (study.get("backend") or {}).get("name") if isinstance(study, dict) else None
+    if backend_name != "post-training":
+        raise SystemExit(
+            f"{args.study}: backend.name is {backend_name!r}; this benchmark needs post-training"
+        )
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     domains = [d["name"] for d in study["domains"]]

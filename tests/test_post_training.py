@@ -438,23 +438,19 @@ def test_real_trap_benchmark_runs_both_arms_on_the_same_candidates(
     }
     file = write_yaml(tmp_path / "trap-small.yaml", study)
     work = tmp_path / "work"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "real_trap.py"),
-            "--study",
-            str(file),
-            "--seeds",
-            "3",
-            "--workdir",
-            str(work),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        script = ROOT / "benchmarks" / "real_trap.py"
+        command = [sys.executable, str(script), "--study", str(file), "--workdir", str(work)]
+        return subprocess.run(
+            [*command, "--seeds", "3", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    proc = bench()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     runs = {r["arm"]: r for r in out["runs"]}
@@ -478,24 +474,6 @@ def test_real_trap_benchmark_runs_both_arms_on_the_same_candidates(
         warmup[arm] = [(c.recipe, c.dev) for n, c in sorted(view.complete.items()) if c.round == 0]
     assert len(warmup["searchlab"]) == 3 and warmup["searchlab"] == warmup["dev-only"]
     # A finished run is read back, not run again.
-    again = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "real_trap.py"),
-            "--study",
-            str(file),
-            "--seeds",
-            "3",
-            "--arms",
-            "dev-only",
-            "--workdir",
-            str(work),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    again = bench("--arms", "dev-only")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["runs"][0]["wall_s"] == runs["dev-only"]["wall_s"]

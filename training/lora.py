@@ -79,24 +79,23 @@ class LoraRecipe:
     max_completion_length: int = 16
 
     def modules(self) -> list[str]:
-        if isinstance(self.target_modules, str):
-            if self.target_modules not in TARGET_MODULES:
-                raise BackendError(
-                    f"target_modules {self.target_modules!r}: expected one of "
-                    f"{sorted(TARGET_MODULES)} or a list of module names"
-                )
-            return TARGET_MODULES[self.target_modules]
-        return list(self.target_modules)
+        """The LoRA target module names."""
+        return _shorthand("target_modules", self.target_modules, TARGET_MODULES)
 
     def full(self) -> list[str]:
-        if isinstance(self.full_modules, str):
-            if self.full_modules not in FULL_MODULES:
-                raise BackendError(
-                    f"full_modules {self.full_modules!r}: expected one of "
-                    f"{sorted(FULL_MODULES)} or a list of module names"
-                )
-            return FULL_MODULES[self.full_modules]
-        return list(self.full_modules)
+        """The names of the modules trained in full (none by default)."""
+        return _shorthand("full_modules", self.full_modules, FULL_MODULES)
+
+
+def _shorthand(field: str, value: str | Sequence[str], table: dict[str, list[str]]) -> list[str]:
+    """Module names from a shorthand of ``table`` or an explicit list."""
+    if not isinstance(value, str):
+        return list(value)
+    if value not in table:
+        raise BackendError(
+            f"{field} {value!r}: expected one of {sorted(table)} or a list of module names"
+        )
+    return table[value]
 
 
 @dataclass
