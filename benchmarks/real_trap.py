@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -84,7 +84,7 @@ def _run_study(file: Path, *, name: str, seed: int, storage: str, log: Path) -> 
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise SystemExit(f"{name}: study create exited {proc.returncode}: {tail[0]} (log {log})")
+        _fail(f"{name}: study create exited {proc.returncode}: {tail[0]} (log {log})")
     # ru_maxrss is in KiB on Linux.
     return {"wall_s": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
@@ -129,6 +129,12 @@ def _result(
     }
 
 
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2 (bad input), as the CLI does."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="studies/tiny-trap.yaml")
@@ -142,12 +148,13 @@ def main() -> None:
 
     from searchlab_training.backend import PostTrainingBackend
 
-    study = yaml.safe_load(Path(args.study).read_text())
+    try:
+        study = yaml.safe_load(Path(args.study).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        _fail(f"{args.study}: cannot read the study file: {exc}")
     backend_name = (study.get("backend") or {}).get("name") if isinstance(study, dict) else None
     if backend_name != "post-training":
-        raise SystemExit(
-            f"{args.study}: backend.name is {backend_name!r}; this benchmark needs post-training"
-        )
+        _fail(f"{args.study}: backend.name is {backend_name!r}; this benchmark needs post-training")
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     domains = [d["name"] for d in study["domains"]]
