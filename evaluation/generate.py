@@ -8,6 +8,7 @@ decoding here.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,11 @@ def attach_adapter(model: Any, adapter: str | Path) -> Any:
     if not (folder / "adapter_config.json").is_file():
         raise BackendError(f"adapter {str(adapter)!r}: no adapter_config.json")
     try:
-        return PeftModel.from_pretrained(model, folder, is_trainable=False).eval()
+        with warnings.catch_warnings():
+            # An adapter with full_modules holds its own copies of the tied embeddings and head,
+            # restored as trained; peft's warning is about merging, which is never done here.
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
+            return PeftModel.from_pretrained(model, folder, is_trainable=False).eval()
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         raise BackendError(
