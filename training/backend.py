@@ -21,8 +21,8 @@ Recipe keys (the study's search space names them): ``mixture.<domain>``, ``learn
 ``epochs``, ``steps``, ``batch_size``, ``lora_rank``, ``lora_alpha``, ``lora_dropout``,
 ``target_modules``, ``full_modules`` (modules trained in full beside the adapter), ``method``
 (``sft`` or ``grpo``), ``num_generations``, ``template_share`` (applied to ``template_domains``)
-and ``template_share_<domain>``. Any other key is an error
-naming it. ``options.defaults`` gives values for keys the space does not search.
+and ``template_share_<domain>``. Any other key is an error naming it. ``options.defaults``
+gives values for keys the space does not search.
 """
 
 from __future__ import annotations
