@@ -80,8 +80,9 @@ def _run_study(file: Path, *, name: str, seed: int, storage: str, log: Path) -> 
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+        # wait4, not wait: it also gives this child's own resource usage (its peak memory).
         _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
@@ -102,14 +103,13 @@ def _result(
     status = view.status()
     last_round = view.rounds_total - 1
     options = dict(config["backend"].get("options", {}))
-    backend = PostTrainingBackend(domains=view.domains, weights=view.weights, seed=seed, **options)
+    weights = view.weights  # sum to 1: the study file's rule
+    backend = PostTrainingBackend(domains=view.domains, weights=weights, seed=seed, **options)
     complete = view.complete
-    weights = view.weights
-    total = sum(weights.values())
 
     def private(number: int) -> dict[str, Any]:
         per_domain = backend.private_external(complete[number].artefact or {})
-        value = sum(weights[d] * per_domain[d] for d in weights) / total
+        value = sum(w * per_domain[d] for d, w in weights.items())
         return {
             "candidate": number,
             "private": round(value, 4),
@@ -148,28 +148,34 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    from searchlab.config import load_study_file
+    from searchlab.errors import StudyFileError
     from searchlab_training.backend import PostTrainingBackend
 
     try:
-        study = yaml.safe_load(Path(args.study).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        _fail(f"{args.study}: cannot read the study file: {exc}")
-    backend_name = (study.get("backend") or {}).get("name") if isinstance(study, dict) else None
-    if backend_name != "post-training":
-        _fail(f"{args.study}: backend.name is {backend_name!r}; this benchmark needs post-training")
+        # Validated as `study create` would; the plain mapping is what each arm's copy rewrites.
+        checked = load_study_file(args.study)
+    except StudyFileError as exc:
+        _fail(str(exc))
+    if checked.backend.name != "post-training":
+        _fail(
+            f"{args.study}: backend.name is {checked.backend.name!r}; this benchmark needs "
+            "post-training"
+        )
+    study = yaml.safe_load(Path(args.study).read_text())
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    domains = [d["name"] for d in study["domains"]]
-    options = dict(study["backend"].get("options", {}))
-    options["cache_dir"] = str(work / "base")
-    base = PostTrainingBackend(domains=domains, weights={}, seed=0, **options).base_path()
+    options = {**checked.backend.options, "cache_dir": str(work / "base")}
+    base = PostTrainingBackend(
+        domains=checked.domain_names, weights={}, seed=0, **options
+    ).base_path()
 
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
             run = work / f"{arm}-seed{seed}"
             storage = f"sqlite:///{run / 'study.db'}"
-            name = f"{study['name']}-{arm}-{seed}"
+            name = f"{checked.name}-{arm}-{seed}"
             config = _run_config(study, arm, run / "cache")
             timing_file = run / "timing.json"
             if not timing_file.exists():
