@@ -1059,12 +1059,17 @@ def bench_overhead(
         ObjectiveType,
         typer.Option(help="weighted (qLogNEI) or pareto (qLogNParEGO, one objective a domain)."),
     ] = ObjectiveType.WEIGHTED,
+    candidates: Annotated[
+        list[int] | None,
+        typer.Option(min=2, help="History size (repeatable; default: 25, 50 and 100)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
 ) -> None:
     """Seconds per proposal at 25, 50 and 100 candidates, next to Optuna's GPSampler."""
     from searchlab.bench import overhead
 
-    rows = overhead(repeats=repeats, objective=objective)
+    sizes = tuple(candidates) if candidates else (25, 50, 100)
+    rows = overhead(candidates=sizes, repeats=repeats, objective=objective)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -1080,8 +1085,8 @@ def bench_overhead(
             str(r["candidates"]),
             f"{r['searchlab_s']:.2f}",
             f"{r['searchlab_cold_s']:.2f}",
-            f"{r['optuna_gp_s']:.2f}",
-            f"{r['ratio']:.1f}",
+            "-" if r["optuna_gp_s"] is None else f"{r['optuna_gp_s']:.2f}",
+            r.get("optuna_gp_error", "-") if r["ratio"] is None else f"{r['ratio']:.1f}",
         )
     out.print(table)
 

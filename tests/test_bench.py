@@ -3,6 +3,8 @@ assertions: speed is shown in docs/RESULTS.md, not asserted)."""
 
 from __future__ import annotations
 
+import pytest
+
 from searchlab.bench import overhead
 
 
@@ -11,6 +13,25 @@ def test_overhead_reports_both_tools() -> None:
     assert row["candidates"] == 12 and row["repeats"] == 1
     for key in ("searchlab_s", "searchlab_cold_s", "optuna_gp_s", "ratio"):
         assert row[key] > 0
+
+
+def test_overhead_reports_a_peer_out_of_memory_and_goes_on(monkeypatch) -> None:
+    import searchlab.bench as bench
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: 31809601536 bytes")
+
+    monkeypatch.setattr(bench, "_optuna_gp_seconds", no_memory)
+    (row,) = overhead(candidates=(12,), repeats=1)
+    assert row["searchlab_s"] > 0 and row["optuna_gp_s"] is None and row["ratio"] is None
+    assert row["optuna_gp_error"].startswith("out of memory")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")  # a bug, not a limit: it must not be hidden
+
+    monkeypatch.setattr(bench, "_optuna_gp_seconds", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        overhead(candidates=(12,), repeats=1)
 
 
 def test_search_quick_runs_every_method_on_the_same_instance() -> None:
