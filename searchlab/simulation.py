@@ -78,7 +78,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -136,6 +136,11 @@ _TAG_DEV = 0xDE
 _TAG_EXT_ITEMS = 0xE1
 _TAG_LEADERBOARD = 0x1B
 _TAG_OPTIMISER = 0x0B
+
+
+#: A score of recipes from their noise-free dev and external accuracies (each ``n x K``, external
+#: None where it was not computed) to ``n`` values.
+Score = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -720,7 +725,7 @@ class ResponseSurface:
         Cached per instance.
         """
         if self._optimum is None:
-            self._optimum = self._maximise(external=True)
+            self._optimum = self._maximise(self._external_mean, external=True)
         return self._optimum[0], dict(self._optimum[1])
 
     def dev_optimum(self) -> tuple[float, dict[str, Any]]:
@@ -733,8 +738,32 @@ class ResponseSurface:
             ``(weighted mean dev accuracy, recipe)``.
         """
         if self._dev_optimum is None:
-            self._dev_optimum = self._maximise(external=False)
+            self._dev_optimum = self._maximise(self._dev_mean, external=False)
         return self._dev_optimum[0], dict(self._dev_optimum[1])
+
+    def maximise(self, score: Score) -> tuple[float, dict[str, Any]]:
+        """The maximum over the canonical space of any score of the true accuracies.
+
+        For example the objective a study climbs once a domain is decoupled, to ask whether
+        that objective, known exactly, would lead to a good recipe (what is left is then the
+        model's or the acquisition's fault). Same optimiser as :meth:`optimum`; not cached.
+
+        Args:
+            score: Maps noise-free dev and external accuracies, each ``n x K`` in domain
+                order, to ``n`` values (vectorised: the optimiser scores its finite-difference
+                points in one call).
+
+        Returns:
+            ``(maximum, recipe)``.
+        """
+        return self._maximise(score, external=True)
+
+    def _external_mean(self, dev: np.ndarray, ext: np.ndarray | None) -> np.ndarray:
+        assert ext is not None
+        return ext @ self._wt
+
+    def _dev_mean(self, dev: np.ndarray, ext: np.ndarray | None) -> np.ndarray:
+        return dev @ self._wt
 
     def regret(self, recipe: Mapping[str, Any], *, candidate: int | None = None) -> float:
         """``optimum value - objective(recipe)``; >= 0 up to the optimiser's tolerance.
@@ -745,8 +774,10 @@ class ResponseSurface:
         """
         return self.optimum()[0] - self.objective(recipe, candidate=candidate)
 
-    def _batch_value(self, z: np.ndarray, epochs: float, rank: float, external: bool) -> np.ndarray:
-        """Weighted mean accuracy at ``n`` optimiser points ``[v_1..v_K, log_lr, h, p]``."""
+    def _batch_value(
+        self, z: np.ndarray, epochs: float, rank: float, score: Score, external: bool
+    ) -> np.ndarray:
+        """``score`` at ``n`` optimiser points ``[v_1..v_K, log_lr, h, p]``."""
         k = len(self.domains)
         v = np.clip(z[:, :k], 0.0, None)
         total = v.sum(axis=1, keepdims=True)
@@ -761,12 +792,16 @@ class ResponseSurface:
             z[:, k + 2],
             external=external,
         )
-        logits = ext if external else dev
-        assert logits is not None
-        return expit(logits) @ self._wt
+        return score(expit(dev), None if ext is None else expit(ext))
 
     def _local_max(
-        self, z0: np.ndarray, epochs: float, rank: float, bounds: np.ndarray, external: bool
+        self,
+        z0: np.ndarray,
+        epochs: float,
+        rank: float,
+        bounds: np.ndarray,
+        score: Score,
+        external: bool,
     ) -> tuple[float, np.ndarray]:
         dim = len(z0)
         lo, hi = bounds[:, 0], bounds[:, 1]
@@ -776,7 +811,8 @@ class ResponseSurface:
         def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
             plus = np.minimum(z + eye, hi)
             minus = np.maximum(z - eye, lo)
-            values = self._batch_value(np.vstack([z[None, :], plus, minus]), epochs, rank, external)
+            points = np.vstack([z[None, :], plus, minus])
+            values = self._batch_value(points, epochs, rank, score, external)
             denom = np.diag(plus) - np.diag(minus)
             grad = (values[1 : dim + 1] - values[dim + 1 :]) / denom
             return -float(values[0]), -grad
@@ -790,9 +826,9 @@ class ResponseSurface:
             options={"maxiter": 300, "ftol": 1e-13, "gtol": 1e-9},
         )
         z = np.clip(res.x, lo, hi)
-        return float(self._batch_value(z[None, :], epochs, rank, external)[0]), z
+        return float(self._batch_value(z[None, :], epochs, rank, score, external)[0]), z
 
-    def _maximise(self, *, external: bool) -> tuple[float, dict[str, Any]]:
+    def _maximise(self, score: Score, *, external: bool) -> tuple[float, dict[str, Any]]:
         k = len(self.domains)
         bounds = np.array(
             [[0.0, 1.0]] * k + [[LOG10_LR_LOW, LOG10_LR_HIGH], [0.0, 1.0], [0.0, DROPOUT_HIGH]]
@@ -812,7 +848,7 @@ class ResponseSurface:
         results: list[tuple[float, np.ndarray, int, int]] = []
         for epochs in range(EPOCHS_LOW, EPOCHS_HIGH + 1):
             for rank in LORA_RANKS:
-                value, z = self._local_max(guess, epochs, rank, bounds, external)
+                value, z = self._local_max(guess, epochs, rank, bounds, score, external)
                 results.append((value, z, epochs, rank))
         results.sort(key=lambda t: -t[0])
         # Stage 2: more starts (random, and the best solutions so far) on the most promising
@@ -820,7 +856,7 @@ class ResponseSurface:
         best = results[0]
         for value, z, epochs, rank in results[:6]:
             for z0 in (random_start(), random_start(), best[1]):
-                v2, z2 = self._local_max(z0, epochs, rank, bounds, external)
+                v2, z2 = self._local_max(z0, epochs, rank, bounds, score, external)
                 if v2 > value:
                     value, z = v2, z2
             if value > best[0]:

@@ -3,6 +3,9 @@ assertions: speed is shown in docs/RESULTS.md, not asserted)."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from searchlab.bench import overhead
@@ -76,3 +79,70 @@ def test_the_oracle_switches_where_a_candidate_goes_past_the_external_peak() -> 
     assert past_peak(late, [candidate(24, 1.0)]) == {"equations"}
     null = ResponseSurface(config=SurfaceConfig(variant="null"), instance_seed=0)
     assert past_peak(null, [candidate(0, 1.0)]) == set()  # no peak to go past
+
+
+def test_the_switched_objective_known_exactly_is_maximised_like_the_optimum() -> None:
+    """``ResponseSurface.maximise`` with the objective's own score is :meth:`optimum` (the same
+    optimiser), and a penalised score keeps the weak domain's data (the diagnosis' premise)."""
+    from searchlab.simulation import ResponseSurface, SurfaceConfig
+
+    surface = ResponseSurface(
+        config=SurfaceConfig.from_options({"b_g": 1.5, "weak_domains": ["equations"]}),
+        instance_seed=3,
+    )
+    w = np.array([surface.weights[d] for d in surface.domains])
+    value, recipe = surface.maximise(lambda dev, ext: ext @ w)
+    assert (value, recipe) == surface.optimum()
+    weak = surface.domains.index("equations")
+
+    def switched(dev, ext):  # equations decoupled with lambda 0.5, every other domain on dev
+        scores = dev.copy()
+        scores[:, weak] = 1.5 * ext[:, weak] - 0.5 * dev[:, weak]
+        return scores @ w
+
+    _, best = surface.maximise(switched)
+    assert best["mixture.equations"] > 0.3 and best["template_share"] < 0.1
+    assert surface.regret(best) < surface.regret(surface.dev_optimum()[1])
+
+
+def test_switch_diagnosis_runs_on_a_stored_study_and_names_bad_input(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import run_cli, sqlite_url, tiny_study_data, write_yaml
+
+    url = sqlite_url(tmp_path / "s.db")
+    study = write_yaml(tmp_path / "tiny.yaml", tiny_study_data())
+    assert run_cli("study", "create", str(study), "--storage", url).returncode == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "switch_diagnosis.py"
+
+    def diagnosis(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), url, "--study", "tiny", *args],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+
+    plain = diagnosis("--json")
+    assert plain.returncode == 0, plain.stderr
+    row = json.loads(plain.stdout)
+    assert row["decoupled"] == [] and row["model"] is None  # nothing alarmed: no model part
+    assert row["objective"]["regret_of_its_maximiser"] >= -1e-6
+
+    asked = diagnosis("--decoupled", "equations", "--json")
+    assert asked.returncode == 0, asked.stderr
+    row = json.loads(asked.stdout)
+    assert row["decoupled"] == ["equations"]
+    assert set(row["model"]) >= {"optimum", "best_dev", "best_dev_unhacked"}
+    for point in row["model"].values():
+        assert all(math.isfinite(point[k]) for k in ("model_g", "true_g"))
+
+    unknown = diagnosis("--decoupled", "gravity")
+    assert unknown.returncode == 2 and "gravity" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    missing = subprocess.run(
+        [sys.executable, str(script), sqlite_url(tmp_path / "none.db")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
