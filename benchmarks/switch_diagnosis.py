@@ -18,7 +18,8 @@ For each stored study on the simulated back end (which knows the truth), at its 
    external. ``g``'s posterior mean (``model_g``) next to its true value (``true_g``) at: the
    external optimum; the best-dev candidate; that candidate with ``template_share`` 0 (the
    hack removed, its data kept); the candidate after the first switch that the model rates
-   highest. Where the model rates that candidate above the optimum and the truth does not, the
+   highest; and at each, every decoupled domain's posterior external (mean, sd) against its
+   truth. Where the model rates that candidate above the optimum and the truth does not, the
    model is what misleads the acquisition; where the model rates the optimum higher, the
    acquisition failed to find (or to try) what its own model prefers.
 3. **The proposals.** Median data share and template share of each decoupled weak domain over
@@ -173,6 +174,12 @@ def diagnose(
         rated = model_g([c.recipe for c in after])
         points["after_switch_model_best"] = after[int(np.argmax(rated))].recipe
     values = model_g(list(points.values()))
+    encoded = np.array([space.encode(r) for r in points.values()])
+    ext_of = {
+        d: surrogates[domains.index(d)].predict(encoded)
+        for d in decoupled
+        if surrogates[domains.index(d)].two_task
+    }
     out["first_switch"] = first_switch
     out["model"] = {
         name: {
@@ -180,8 +187,17 @@ def diagnose(
             "true_g": round(true_g(r), 4),
             "share": {d: round(r[f"mixture.{d}"], 3) for d in weak},
             "template_share": round(r["template_share"], 3),
+            # The decoupled domains' external: posterior mean and sd against the truth.
+            "external": {
+                d: {
+                    "mean": round(float(p["ext_mean"][i]), 3),
+                    "sd": round(float(p["ext_sd"][i]), 3),
+                    "true": round(surface.true_external(r)[d], 3),
+                }
+                for d, p in ext_of.items()
+            },
         }
-        for (name, r), v in zip(points.items(), values, strict=True)
+        for i, ((name, r), v) in enumerate(zip(points.items(), values, strict=True))
     }
     out["after_switch"] = {
         "candidates": len(after),

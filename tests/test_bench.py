@@ -137,6 +137,8 @@ def test_switch_diagnosis_runs_on_a_stored_study_and_names_bad_input(tmp_path) -
     assert set(row["model"]) >= {"optimum", "best_dev", "best_dev_unhacked"}
     for point in row["model"].values():
         assert all(math.isfinite(point[k]) for k in ("model_g", "true_g"))
+        for domain, ext in point["external"].items():
+            assert domain == "equations" and 0 <= ext["true"] <= 1 and ext["sd"] >= 0
 
     unknown = diagnosis("--decoupled", "gravity")
     assert unknown.returncode == 2 and "gravity" in unknown.stderr
