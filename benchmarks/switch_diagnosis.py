@@ -10,7 +10,7 @@ For each stored study on the simulated back end (which knows the truth), at its 
        g(x) = sum_d w_d c_d(x),   c_d = dev_d                           (proxy mode),
                                   c_d = ext_d - lambda (dev_d - ext_d)  (decoupled),
 
-   (:mod:`searchlab.acquisition`), maximised over the **true** surface
+   (:mod:`searchlab.acquisition`), maximised over the **true** surface (hack unlocked)
    (:meth:`searchlab.simulation.ResponseSurface.maximise`). The external regret of that maximiser
    says what the objective would give with a perfect model and a perfect optimiser.
 2. **The model.** Each domain's surrogate (the study's form, or ``--form``; seeded as the engine
@@ -56,16 +56,19 @@ def diagnose(
 ) -> dict[str, Any]:
     """The three parts of the module docstring for one stored study.
 
-    The decoupled domains are those that alarmed (switched, or an alarm a ``policy.switch:
-    false`` study recorded and ignored), or ``assume`` (from the first candidate after the
-    warm-up), so a dev-only study can be asked what its model would have said after a switch.
+    The decoupled domains are those decoupled at the study's end, else those whose alarm a
+    ``policy.switch: false`` study recorded and ignored, or ``assume`` (from the first round
+    after the warm-up), so a dev-only study can be asked what its model would have said after
+    a switch. "After the switch" means the rounds after the one whose submission alarmed: the
+    rest of that round was proposed in proxy mode.
     """
     from searchlab.acquisition import objective_matrix
     from searchlab.backends import SimulatedBackend, backend_for
+    from searchlab.model_accuracy import surrogate_for
     from searchlab.readmodel import read
     from searchlab.space import SearchSpace
     from searchlab.store import Mode, Storage
-    from searchlab.surrogate import DomainSurrogate, SurrogateForm, quiet_numerics
+    from searchlab.surrogate import SurrogateForm, quiet_numerics
 
     view = read(Storage(url).load(study))
     config = view.config
@@ -83,11 +86,19 @@ def diagnose(
         for d in assume:
             if d not in domains:
                 _fail(f"{url} {study}: --decoupled {d!r} is not one of the study's domains")
-        decoupled = list(assume)
-        first_switch = config.rounds.candidates * config.policy.warmup_rounds - 1
+        decoupled = list(dict.fromkeys(assume))
+        first_switch, switch_round = None, config.policy.warmup_rounds - 1
     else:
-        decoupled = list(dict.fromkeys(e["domain"] for e in alarms))
-        first_switch = min((e["candidate"] for e in alarms), default=None)
+        decoupled = [d for d in domains if view.modes[d] == Mode.DECOUPLED] or list(
+            dict.fromkeys(e["domain"] for e in alarms if e["ignored"])
+        )
+        first = min(
+            (e for e in alarms if e["domain"] in decoupled),
+            key=lambda e: e["candidate"],
+            default=None,
+        )
+        first_switch = None if first is None else first["candidate"]
+        switch_round = None if first is None else first["round"]
     modes = [Mode.DECOUPLED if d in decoupled else Mode.PROXY for d in domains]
     weak = [d for d in surface.config.weak_domains if d in domains]
     opt_value, opt_recipe = surface.optimum()
@@ -135,19 +146,17 @@ def diagnose(
 
     space = SearchSpace(config.space)
     done = list(view.complete.values())
+    if not done:
+        _fail(f"{url} {study}: no completed candidate to fit a model on")
     index = {c.number: i for i, c in enumerate(done)}
     pairs = {p["candidate"]: p for p in view.pairs if p["candidate"] in index}
     shown = sorted(pairs, key=lambda n: pairs[n]["submission"])
     x = np.array([space.encode(c.recipe) for c in done])
     surrogates = []
     with quiet_numerics():
-        for i, d in enumerate(domains):
-            s = DomainSurrogate(
-                dim=space.dim,
-                simplex_groups=space.simplex_groups(),
-                resolution=config.external.resolution,
-                seed=config.seed * 100 + i,
-                form=SurrogateForm(form) if form else config.policy.surrogate,
+        for d in domains:
+            s = surrogate_for(
+                config, space, d, SurrogateForm(form) if form else config.policy.surrogate
             )
             s.fit(
                 x,
@@ -156,6 +165,11 @@ def diagnose(
                 np.array([pairs[n]["scores"][d] for n in shown]),
             )
             surrogates.append(s)
+    for d in decoupled:
+        if not surrogates[domains.index(d)].two_task:
+            # The acquisition would then score d by dev (objective_matrix), the truth by
+            # external: the two columns would not be the same objective.
+            _fail(f"{url} {study}: {d!r} has fewer than two external scores: no external model")
     matrix = objective_matrix(surrogates, modes, penalty)  # the acquisition's own columns
 
     def model_g(recipes: list[dict[str, Any]]) -> np.ndarray:
@@ -166,7 +180,7 @@ def diagnose(
             columns += [p["dev_mean"], p["ext_mean"]] if s.two_task else [p["dev_mean"]]
         return (np.stack(columns, axis=1) @ matrix) @ weights
 
-    after = [c for c in done if c.number > first_switch]
+    after = [c for c in done if c.round > switch_round]
     best_dev = max(done, key=lambda c: sum(view.weights[d] * c.dev[d] for d in domains))
     unhacked = {**best_dev.recipe, "template_share": 0.0}
     points = {"optimum": opt_recipe, "best_dev": best_dev.recipe, "best_dev_unhacked": unhacked}
@@ -175,12 +189,9 @@ def diagnose(
         points["after_switch_model_best"] = after[int(np.argmax(rated))].recipe
     values = model_g(list(points.values()))
     encoded = np.array([space.encode(r) for r in points.values()])
-    ext_of = {
-        d: surrogates[domains.index(d)].predict(encoded)
-        for d in decoupled
-        if surrogates[domains.index(d)].two_task
-    }
+    ext_of = {d: surrogates[domains.index(d)].predict(encoded) for d in decoupled}
     out["first_switch"] = first_switch
+    out["switch_round"] = switch_round
     out["model"] = {
         name: {
             "model_g": round(float(v), 4),

@@ -179,7 +179,8 @@ def overhead(
                 # cannot propose is a figure of the benchmark, not a crash of it.
                 if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
                     raise
-                row["optuna_gp_error"] = f"out of memory: {str(exc).splitlines()[0][:200]}"
+                detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                row["optuna_gp_error"] = f"out of memory: {detail}"
             else:
                 row["optuna_gp_s"] = statistics.median(gp)
                 row["ratio"] = row["searchlab_s"] / max(row["optuna_gp_s"], 1e-9)

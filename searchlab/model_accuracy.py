@@ -28,7 +28,7 @@ from searchlab.readmodel import StudyView, read
 from searchlab.store import Mode
 from searchlab.surrogate import SurrogateForm
 
-__all__ = ["surrogate_accuracy"]
+__all__ = ["surrogate_accuracy", "surrogate_for"]
 
 #: Two-sided 90 % normal quantile.
 _Z90 = 1.6448536269514722
@@ -59,7 +59,7 @@ def _study_rows(record: Any, forms: Sequence[SurrogateForm]) -> list[dict[str, A
     externals = {s["candidate"]: s for s in view.pairs}
     alarmed_at = _first_alarms(view)
     rows = []
-    models = {(form, d): _model(config, space, d, form) for form in forms for d in weak}
+    models = {(form, d): surrogate_for(config, space, d, form) for form in forms for d in weak}
     for r in range(config.rounds.count):
         seen = [c for c in done if c.round <= r]
         shown = sorted(
@@ -106,7 +106,7 @@ def _scores(p: dict[str, np.ndarray], y: np.ndarray) -> dict[str, list[Any]]:
     }
 
 
-def _model(config: Any, space: Any, domain: str, form: SurrogateForm) -> Any:
+def surrogate_for(config: Any, space: Any, domain: str, form: SurrogateForm) -> Any:
     """A domain's surrogate of the given form, seeded as the engine seeds it."""
     from searchlab.surrogate import DomainSurrogate
 

@@ -746,7 +746,9 @@ class ResponseSurface:
 
         For example the objective a study climbs once a domain is decoupled, to ask whether
         that objective, known exactly, would lead to a good recipe (what is left is then the
-        model's or the acquisition's fault). Same optimiser as :meth:`optimum`; not cached.
+        model's or the acquisition's fault). Same optimiser as :meth:`optimum`, from the same
+        random starts; dropout is free (so a score blind to it gets an arbitrary dropout, where
+        :meth:`dev_optimum` pins the one external likes). The hack is unlocked. Not cached.
 
         Args:
             score: Maps noise-free dev and external accuracies, each ``n x K`` in domain

@@ -29,6 +29,13 @@ def test_overhead_reports_a_peer_out_of_memory_and_goes_on(monkeypatch) -> None:
     assert row["searchlab_s"] > 0 and row["optuna_gp_s"] is None and row["ratio"] is None
     assert row["optuna_gp_error"].startswith("out of memory")
 
+    def bare(*args, **kwargs):
+        raise MemoryError  # Python raises it without a message
+
+    monkeypatch.setattr(bench, "_optuna_gp_seconds", bare)
+    (row,) = overhead(candidates=(12,), repeats=1)
+    assert row["optuna_gp_error"] == "out of memory: MemoryError"
+
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")  # a bug, not a limit: it must not be hidden
 
@@ -137,8 +144,11 @@ def test_switch_diagnosis_runs_on_a_stored_study_and_names_bad_input(tmp_path) -
     assert set(row["model"]) >= {"optimum", "best_dev", "best_dev_unhacked"}
     for point in row["model"].values():
         assert all(math.isfinite(point[k]) for k in ("model_g", "true_g"))
-        for domain, ext in point["external"].items():
-            assert domain == "equations" and 0 <= ext["true"] <= 1 and ext["sd"] >= 0
+        assert set(point["external"]) == {"equations"}
+        ext = point["external"]["equations"]
+        assert 0 <= ext["true"] <= 1 and ext["sd"] >= 0 and math.isfinite(ext["mean"])
+    # The tiny study's second round is after the assumed switch (the warm-up is its first).
+    assert "after_switch_model_best" in row["model"] and row["switch_round"] == 0
 
     unknown = diagnosis("--decoupled", "gravity")
     assert unknown.returncode == 2 and "gravity" in unknown.stderr
