@@ -22,8 +22,8 @@ For each stored study on the simulated back end (which knows the truth), at its 
    truth. Where the model rates that candidate above the optimum and the truth does not, the
    model is what misleads the acquisition; where the model rates the optimum higher, the
    acquisition failed to find (or to try) what its own model prefers.
-3. **The proposals.** Median data share and template share of each decoupled weak domain over
-   the candidates after the first switch, and at the optimum.
+3. **The proposals.** Median data share and template share of each weak domain over the
+   candidates of the rounds after the one whose submission first alarmed, and at the optimum.
 
 The end-state refit is not the model any round had (the engine fits each round, warm-started);
 it is the best the model could say with all the study's data, so a model error here is not an
@@ -120,9 +120,8 @@ def diagnose(
 
     def true_g(recipe: dict[str, Any]) -> float:
         dev, ext = surface.true_dev(recipe), surface.true_external(recipe)
-        k = len(surface.domains)
-        row_d = np.array([[dev[d] for d in surface.domains]]).reshape(1, k)
-        row_e = np.array([[ext[d] for d in surface.domains]]).reshape(1, k)
+        row_d = np.array([[dev[d] for d in surface.domains]])  # 1 x K
+        row_e = np.array([[ext[d] for d in surface.domains]])
         return float(true_scores(row_d, row_e)[0])
 
     _, g_recipe = surface.maximise(true_scores)
