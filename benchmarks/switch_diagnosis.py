@@ -62,7 +62,7 @@ def diagnose(
     a switch. "After the switch" means the rounds after the one whose submission alarmed: the
     rest of that round was proposed in proxy mode.
     """
-    from searchlab.acquisition import objective_matrix
+    from searchlab.acquisition import decoupled_coefficients, objective_matrix
     from searchlab.backends import SimulatedBackend, backend_for
     from searchlab.model_accuracy import surrogate_for
     from searchlab.readmodel import read
@@ -102,20 +102,17 @@ def diagnose(
     modes = [Mode.DECOUPLED if d in decoupled else Mode.PROXY for d in domains]
     weak = [d for d in surface.config.weak_domains if d in domains]
     opt_value, opt_recipe = surface.optimum()
-    mode_of = {d: m for d, m in zip(domains, modes, strict=True)}
+    on_ext, on_dev = decoupled_coefficients(penalty)
 
     def true_scores(dev: np.ndarray, ext: np.ndarray | None) -> np.ndarray:
         # dev, ext: n x K true accuracies in the surface's domain order -> n values of g.
         assert ext is not None
         total = np.zeros(dev.shape[0])
         for k, d in enumerate(surface.domains):
-            if d not in mode_of:
-                continue
-            w = view.weights[d]
-            if mode_of[d] == Mode.DECOUPLED:
-                total += w * ((1 + penalty) * ext[:, k] - penalty * dev[:, k])
-            else:
-                total += w * dev[:, k]
+            if d in decoupled:
+                total += view.weights[d] * (on_ext * ext[:, k] + on_dev * dev[:, k])
+            elif d in domains:
+                total += view.weights[d] * dev[:, k]
         return total
 
     def true_g(recipe: dict[str, Any]) -> float:
@@ -171,24 +168,24 @@ def diagnose(
             _fail(f"{url} {study}: {d!r} has fewer than two external scores: no external model")
     matrix = objective_matrix(surrogates, modes, penalty)  # the acquisition's own columns
 
-    def model_g(recipes: list[dict[str, Any]]) -> np.ndarray:
+    def posterior(recipes: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """``g``'s posterior mean at ``recipes``, and each domain's prediction there."""
         encoded = np.array([space.encode(r) for r in recipes])
+        predicted = [s.predict(encoded) for s in surrogates]
         columns = []
-        for s in surrogates:
-            p = s.predict(encoded)
+        for s, p in zip(surrogates, predicted, strict=True):
             columns += [p["dev_mean"], p["ext_mean"]] if s.two_task else [p["dev_mean"]]
-        return (np.stack(columns, axis=1) @ matrix) @ weights
+        return (np.stack(columns, axis=1) @ matrix) @ weights, predicted
 
     after = [c for c in done if c.round > switch_round]
     best_dev = max(done, key=lambda c: sum(view.weights[d] * c.dev[d] for d in domains))
     unhacked = {**best_dev.recipe, "template_share": 0.0}
     points = {"optimum": opt_recipe, "best_dev": best_dev.recipe, "best_dev_unhacked": unhacked}
     if after:
-        rated = model_g([c.recipe for c in after])
+        rated, _ = posterior([c.recipe for c in after])
         points["after_switch_model_best"] = after[int(np.argmax(rated))].recipe
-    values = model_g(list(points.values()))
-    encoded = np.array([space.encode(r) for r in points.values()])
-    ext_of = {d: surrogates[domains.index(d)].predict(encoded) for d in decoupled}
+    values, predicted = posterior(list(points.values()))
+    ext_of = {d: predicted[domains.index(d)] for d in decoupled}
     out["first_switch"] = first_switch
     out["switch_round"] = switch_round
     out["model"] = {

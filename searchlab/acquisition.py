@@ -57,6 +57,11 @@ class Batch:
     predicted_objective: list[float]  # q, posterior mean of g(x)
 
 
+def decoupled_coefficients(dev_penalty: float) -> tuple[float, float]:
+    """``(on external, on dev)`` of a decoupled domain's score ``ext - lambda * (dev - ext)``."""
+    return 1.0 + dev_penalty, -dev_penalty
+
+
 def objective_matrix(
     surrogates: Sequence[DomainSurrogate], modes: Sequence[Mode], dev_penalty: float
 ) -> np.ndarray:
@@ -76,8 +81,9 @@ def objective_matrix(
     for d, (s, mode) in enumerate(zip(surrogates, modes, strict=True)):
         if mode == Mode.DECOUPLED and s.two_task:
             # ext - lambda * (dev - ext): the penalty is on the proxy gap (module docstring).
-            matrix[offsets[d] + EXTERNAL, d] = 1.0 + dev_penalty
-            matrix[offsets[d] + DEV, d] = -dev_penalty
+            on_ext, on_dev = decoupled_coefficients(dev_penalty)
+            matrix[offsets[d] + EXTERNAL, d] = on_ext
+            matrix[offsets[d] + DEV, d] = on_dev
         else:
             # Proxy mode, or a decoupled domain without an external model yet (cannot happen
             # after a switch, which needs paired observations; kept as the safe reading).

@@ -131,9 +131,13 @@ def _optuna_gp_seconds(
     return elapsed
 
 
+#: History sizes :func:`overhead` times by default.
+OVERHEAD_SIZES: tuple[int, ...] = (25, 50, 100)
+
+
 def overhead(
     *,
-    candidates: tuple[int, ...] = (25, 50, 100),
+    candidates: tuple[int, ...] = OVERHEAD_SIZES,
     repeats: int = 3,
     seed: int = 0,
     objective: ObjectiveType = ObjectiveType.WEIGHTED,

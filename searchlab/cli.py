@@ -1066,9 +1066,9 @@ def bench_overhead(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
 ) -> None:
     """Seconds per proposal (25, 50 and 100 candidates by default), next to Optuna's GPSampler."""
-    from searchlab.bench import overhead
+    from searchlab.bench import OVERHEAD_SIZES, overhead
 
-    sizes = tuple(candidates) if candidates else (25, 50, 100)
+    sizes = tuple(candidates) if candidates else OVERHEAD_SIZES
     rows = overhead(candidates=sizes, repeats=repeats, objective=objective)
     if as_json:
         print(json.dumps(rows, indent=2))
