@@ -25,6 +25,11 @@ improvements to expected improvement for Bayesian optimization"): greedy sequent
 each new point conditioned on the earlier ones as pending, with the mixed optimiser of BoTorch
 (``optimize_acqf_mixed_alternating``) for integer and categorical coordinates.
 
+A share probe (:mod:`searchlab.policy`) adds a linear inequality on the unit cube: with the
+mixture group ``G`` projected onto the simplex by ``x / sum(x_G)``, "domain coordinate ``c``
+has a share of at least ``m``" is ``(1 - m) x_c - m * sum_{j in G, j != c} x_j >= 0``, which
+BoTorch's optimisers take as ``inequality_constraints``.
+
 A ``pareto`` study (:mod:`searchlab.objective`) keeps the ``K`` per-domain scores ``c_d`` apart,
 ``samples @ C`` with ``C`` of shape ``(m, K)``, and chooses each point of the batch by
 ``qLogNParEGO`` with its own scalarisation weights. Floors are outcome constraints of either
@@ -60,6 +65,29 @@ class Batch:
 def decoupled_coefficients(dev_penalty: float) -> tuple[float, float]:
     """``(on external, on dev)`` of a decoupled domain's score ``ext - lambda * (dev - ext)``."""
     return 1.0 + dev_penalty, -dev_penalty
+
+
+@dataclass(frozen=True)
+class ShareFloor:
+    """A data share the proposal must keep: coordinate ``coordinate`` of the mixture group
+    ``group`` (encoded coordinates) at a share of at least ``min_share``."""
+
+    coordinate: int
+    group: tuple[int, ...]
+    min_share: float
+
+    def constraints(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """BoTorch ``inequality_constraints`` (``sum_i coef_i * x[idx_i] >= rhs``): the share,
+        and ``x_c >= 0.01`` so that an all-zero group (decoded as the uniform mixture) is out."""
+        import torch
+
+        m = self.min_share
+        idx = torch.tensor(self.group, dtype=torch.long)
+        coef = torch.tensor(
+            [1.0 - m if i == self.coordinate else -m for i in self.group], dtype=torch.float64
+        )
+        own = torch.tensor([self.coordinate], dtype=torch.long)
+        return [(idx, coef, 0.0), (own, torch.ones(1, dtype=torch.float64), 0.01)]
 
 
 def objective_matrix(
@@ -151,6 +179,7 @@ def propose_batch(
     objective: ObjectiveType = ObjectiveType.WEIGHTED,
     domains: Sequence[str] = (),
     floors: Sequence[ResolvedFloor] = (),
+    share_floor: ShareFloor | None = None,
 ) -> Batch:
     """Chooses ``q`` new recipes.
 
@@ -173,6 +202,7 @@ def propose_batch(
         objective: ``weighted`` (qLogNEI of ``g``) or ``pareto`` (qLogNParEGO per point).
         domains: ``K`` domain names, in the surrogates' order (to place the floors).
         floors: Outcome constraints; those without a threshold yet are left out.
+        share_floor: A data share every point of the batch keeps (a share probe), or None.
 
     Returns:
         The batch, in ``[0, 1]^d`` (mixture coordinates not yet projected).
@@ -192,18 +222,26 @@ def propose_batch(
         partial(_below_floor, index=j, threshold=tau)
         for j, tau in floor_outputs(surrogates, domains, floors)
     ]
+    inequalities = share_floor.constraints() if share_floor is not None else None
+    optimise = partial(
+        _optimise,
+        bounds=bounds,
+        discrete_dims=discrete_dims,
+        mixed=mixed,
+        raw_samples=raw_samples,
+        num_restarts=num_restarts,
+        inequality_constraints=inequalities,
+    )
     with quiet_numerics():
         if objective == ObjectiveType.PARETO:
             matrix = torch.as_tensor(objective_matrix(surrogates, modes, dev_penalty), dtype=dtype)
             x, values = _pareto_batch(
                 model, matrix, constraints, x_baseline, x_pending, q, seed,
-                lambda acqf, k: _optimise(
-                    acqf, bounds, k, discrete_dims, mixed, raw_samples, num_restarts
-                ),
+                lambda acqf, k: optimise(acqf, q=k),
             )  # fmt: skip
         else:
             acqf = _acquisition(model, coef, x_baseline, x_pending, seed, constraints)
-            x, values = _optimise(acqf, bounds, q, discrete_dims, mixed, raw_samples, num_restarts)
+            x, values = optimise(acqf, q=q)
         with torch.no_grad():
             means = model.posterior(x).mean @ coef
     vals = values.reshape(-1).tolist() if values is not None else [float("nan")] * q
@@ -328,14 +366,17 @@ def _pareto_batch(
 
 def _optimise(
     acqf: Any,
+    *,
     bounds: torch.Tensor,
     q: int,
     discrete_dims: Mapping[int, Sequence[float]] | None,
     mixed: bool,
     raw_samples: int,
     num_restarts: int,
+    inequality_constraints: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Maximises ``acqf`` over the unit cube: ``(x, values)``, ``x`` of shape ``q x d``."""
+    """Maximises ``acqf`` over the unit cube (within ``inequality_constraints``, BoTorch's
+    format): ``(x, values)``, ``x`` of shape ``q x d``."""
     from botorch.optim import optimize_acqf
     from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 
@@ -348,6 +389,7 @@ def _optimise(
             raw_samples=raw_samples,
             num_restarts=num_restarts,
             options={"maxiter_alternating": 16},
+            inequality_constraints=inequality_constraints,
         )
     else:
         # Continuous relaxation: integer and categorical coordinates are rounded when the point
@@ -360,6 +402,7 @@ def _optimise(
             num_restarts=num_restarts,
             sequential=True,
             options={"maxiter": 60},
+            inequality_constraints=inequality_constraints,
         )
     return x, values
 

@@ -333,6 +333,9 @@ class PolicyConfig(_Strict):
     # stored_config.)
     tracking: float = Field(default=0.25, ge=0, lt=1)
     switch: bool = True  # False: never leave proxy mode (the dev-only baseline)
+    # After a switch, one proposal and submission a round per decoupled domain that keeps the
+    # domain's data share at its dev-record holder's (searchlab.policy, "Share probes").
+    share_probes: bool = True
     # How each domain's GP couples external to dev (searchlab.surrogate): "icm" (one shared input
     # kernel) or "autoregressive" (external = rho * dev + its own GP).
     surrogate: SurrogateForm = SurrogateForm.ICM
@@ -547,6 +550,7 @@ class StudyConfig(_Strict):
 _STORED_BEFORE = {
     "tracking": 0.0,  # before kappa: the test of "slope above the knot >= 0"
     "hinge_form": HingeForm.QUAD.value,  # the quadratic hinge, the default before the key
+    "share_probes": False,  # after a switch, the acquisition's batch alone
 }
 
 

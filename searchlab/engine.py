@@ -21,11 +21,12 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from searchlab.acquisition import modelled_objective, propose_batch
+from searchlab.acquisition import Batch, ShareFloor, modelled_objective, propose_batch
 from searchlab.backends import Backend, check_external_scores
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
@@ -40,12 +41,15 @@ from searchlab.objective import (
     resolve_floors,
 )
 from searchlab.policy import (
+    SHARE_PROBE,
+    ShareProbe,
     SubmissionChoice,
     SubmissionRound,
     choose_submissions,
     implausible_domains,
     recommend,
     record_probe,
+    share_probes,
 )
 from searchlab.readmodel import alarms
 from searchlab.space import SearchSpace
@@ -380,37 +384,29 @@ class Engine:
                 for c in existing
                 if c.state in (CandidateState.WAITING, CandidateState.RUNNING)
             ]
-            t0 = time.perf_counter()
-            batch = propose_batch(
+            probes = self._share_probes(r, models, need)
+            seed = self.config.seed * 1000 + r + 1_000_000 * attempt
+            propose = partial(
+                propose_batch,
                 surrogates=self.surrogates,
                 weights=self.weights,
                 modes=self.modes,
                 dev_penalty=self.config.policy.dev_penalty,
                 x_baseline=models.x,
-                x_pending=np.asarray(pending) if pending else None,
-                q=need,
                 discrete_dims=self.space.discrete_dims(),
-                seed=self.config.seed * 1000 + r + 1_000_000 * attempt,
                 objective=self.config.objective.type,
                 domains=self.domains,
                 floors=self._floors(),
+            )
+            t0 = time.perf_counter()
+            batch = propose(
+                x_pending=np.asarray(pending) if pending else None, q=need - len(probes), seed=seed
             )
             self.timings["propose"] += time.perf_counter() - t0
             method = (
                 "qLogNParEGO" if self.config.objective.type == ObjectiveType.PARETO else "qLogNEI"
             )
-            for i, x in enumerate(batch.x):
-                recipe = self.space.decode(x)
-                self.record.enqueue(
-                    recipe,
-                    round=r,
-                    proposal={
-                        "method": method,
-                        "log_acquisition": batch.acquisition[i],
-                        "predicted_objective": batch.predicted_objective[i],
-                        "modes": modes,
-                    },
-                )
+            self._enqueue_batch(r, batch, {"method": method, "modes": modes})
             self.record.audit(
                 AuditKind.PROPOSAL,
                 round=r,
@@ -421,7 +417,65 @@ class Engine:
                 log_acquisition=batch.acquisition,
                 predicted_objective=batch.predicted_objective,
             )
+            pending += list(batch.x)
+            for i, probe in enumerate(probes):
+                where = self.space.share_coordinates(probe.domain)
+                assert where is not None  # share_probes only names domains with a share
+                t0 = time.perf_counter()
+                one = propose(
+                    x_pending=np.asarray(pending),
+                    q=1,
+                    seed=seed + 1 + i,
+                    share_floor=ShareFloor(where[0], tuple(where[1]), probe.min_share),
+                )
+                self.timings["propose"] += time.perf_counter() - t0
+                extra = {"domain": probe.domain, "min_share": probe.min_share}
+                self._enqueue_batch(r, one, {"method": SHARE_PROBE, "modes": modes, **extra})
+                self.record.audit(
+                    AuditKind.PROPOSAL,
+                    round=r,
+                    method=SHARE_PROBE,
+                    count=1,
+                    modes=modes,
+                    **extra,
+                    log_acquisition=one.acquisition,
+                    predicted_objective=one.predicted_objective,
+                )
+                pending += list(one.x)
         self.record.set_phase(r, Phase.PROPOSED)
+
+    def _enqueue_batch(self, r: int, batch: Batch, proposal: dict[str, Any]) -> None:
+        for i, x in enumerate(batch.x):
+            self.record.enqueue(
+                self.space.decode(x),
+                round=r,
+                proposal={
+                    **proposal,
+                    "log_acquisition": batch.acquisition[i],
+                    "predicted_objective": batch.predicted_objective[i],
+                },
+            )
+
+    def _share_probes(self, r: int, models: _Models, need: int) -> list[ShareProbe]:
+        """This round's share probes (:func:`searchlab.policy.share_probes`): each decoupled
+        domain's least share is its dev-record holder's (the highest modelled dev) share."""
+        if not self.config.policy.share_probes or Mode.DECOUPLED not in self.modes:
+            return []
+        shares: list[float | None] = []
+        for i_d, d in enumerate(self.domains):
+            where = self.space.share_coordinates(d)
+            if where is None:
+                shares.append(None)
+                continue
+            row = models.x[int(np.argmax(models.predictions[i_d]["dev_mean"]))]
+            shares.append(float(row[where[0]] / max(row[where[1]].sum(), 1e-12)))
+        return share_probes(
+            round=r,
+            domains=self.domains,
+            modes=self.modes,
+            record_shares=shares,
+            slots=min(need, self.config.external.per_round) - 1,
+        )
 
     # -- train and evaluate -----------------------------------------------------------------
 
@@ -628,6 +682,11 @@ class Engine:
                     models, [rows[n] for n in numbers]
                 )[0],
                 baseline=base.number if (base := self._baseline()) is not None else None,
+                share_probes={
+                    c.number: c.proposal["domain"]
+                    for c in self.record.candidates()
+                    if c.round == r and c.number in rows and c.proposal.get("method") == SHARE_PROBE
+                },
             )
         )
         for choice in choices:

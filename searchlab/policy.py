@@ -7,6 +7,7 @@ Submission policy (spend the external budget where it informs the decision):
   over a range and not only at the top.
 - Later rounds, with two or more submissions a round: one goes to the candidate setting the
   largest per-domain dev record over the pairs the validity test has (:func:`record_probe`).
+- After a switch: the round's share probes (below), while the budget lasts.
 - The rest: rank unsubmitted candidates by
 
       score(x) = sum_d w_d * [ mu_dev_d(x)                          if d is in proxy mode
@@ -20,6 +21,18 @@ Submission policy (spend the external budget where it informs the decision):
   recommendation, and an observed external score at the top of the model makes it reliable.
   The probe stays: an alarm in the last round is still evidence the user reads.
 
+Share probes (after a switch). A domain decoupled because dev made records that external did
+not follow; the pairs behind that alarm hold the domain's data share and the hack together
+(records are set with much of the domain's data *and* the hack), so no model of them can tell
+which of the two costs external, and the models blame the share: proposals after the switch
+cut the domain's data to nothing where the external optimum keeps half of it (docs/RESULTS.md,
+"After the switch, the model misleads"). So each round after a switch, one proposal per
+decoupled domain (:func:`share_probes`; at most one fewer than the round's submissions) maximises
+the same acquisition under the constraint that the domain's data share is at least the share of
+its dev-record holder, and it is submitted ahead of the ranked candidates: an external score
+at a recipe that keeps the data and drops whatever else the model blames. This changes nothing
+before the first switch, so the validity test's null corpus still describes the engine.
+
 Recommendation: the candidate with the highest modelled external score (weighted posterior mean
 of the external task), never the highest raw dev. A GP extrapolates freely: with two external
 points its mean can leave [0, 1] (a 4.4 "accuracy" was seen). A candidate whose modelled external
@@ -32,7 +45,7 @@ plausible, the submitted candidate with the best observed external score.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +59,50 @@ class SubmissionChoice:
     candidate: int
     reason: str
     score: float
+
+
+SHARE_PROBE = "share-probe"  # the proposal method of a share probe (:func:`share_probes`)
+
+
+@dataclass(frozen=True)
+class ShareProbe:
+    """One share probe to propose: the domain it asks about and the least share it keeps."""
+
+    domain: str
+    min_share: float
+
+
+def share_probes(
+    *,
+    round: int,
+    domains: Sequence[str],
+    modes: Sequence[Mode],
+    record_shares: Sequence[float | None],
+    slots: int,
+) -> list[ShareProbe]:
+    """The share probes of a round (the module docstring says why).
+
+    Args:
+        round: The round, to take turns when more domains are decoupled than there are slots.
+        domains: ``K`` domain names.
+        modes: ``K`` modes; only decoupled domains get a probe.
+        record_shares: Per domain, the data share of the completed candidate with the highest
+            de-noised dev in that domain; None where no mixture gives the domain a share.
+        slots: How many probes the round has room for (fewer proposals and submissions than
+            the round has, so that the acquisition and the ranking keep at least one each).
+
+    Returns:
+        At most ``slots`` probes.
+    """
+    wanted = [
+        ShareProbe(d, float(share))
+        for d, mode, share in zip(domains, modes, record_shares, strict=True)
+        if mode == Mode.DECOUPLED and share is not None
+    ]
+    if slots <= 0 or not wanted:
+        return []
+    start = round % len(wanted)
+    return (wanted[start:] + wanted[:start])[:slots]
 
 
 @dataclass(frozen=True)
@@ -69,6 +126,7 @@ class SubmissionRound:
         modelled_external: Weighted modelled external at the given open candidates (lazy).
         baseline: The baseline candidate (``objective.baseline``), if the study has one: the
             first warm-up submission, the reference of its floors.
+        share_probes: This round's share probes among ``open``, each with its domain.
     """
 
     round: int
@@ -84,6 +142,7 @@ class SubmissionRound:
     probe: Callable[[list[int]], SubmissionChoice | None]
     modelled_external: Callable[[list[int]], np.ndarray]
     baseline: int | None = None
+    share_probes: Mapping[int, str] = field(default_factory=dict)
 
 
 def choose_submissions(r: SubmissionRound) -> list[SubmissionChoice]:
@@ -106,6 +165,12 @@ def choose_submissions(r: SubmissionRound) -> list[SubmissionChoice]:
         if probe is not None:
             choices.append(probe)
             keep = [i for i in keep if r.open[i] != probe.candidate]
+    for i in list(keep):
+        domain = r.share_probes.get(r.open[i])
+        if domain is not None and len(choices) < r.budget:
+            reason = f"share probe: {domain}'s data share kept, the rest of its record dropped"
+            choices.append(SubmissionChoice(r.open[i], reason, 0.0))
+            keep.remove(i)
     left = [r.open[i] for i in keep]
     if r.round == r.rounds - 1:
         # No proposal follows: what is left to decide is the recommendation.

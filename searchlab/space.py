@@ -78,6 +78,15 @@ class SearchSpace:
                 groups.setdefault(d.group, []).append(i)
         return list(groups.values())
 
+    def share_coordinates(self, domain: str) -> tuple[int, list[int]] | None:
+        """Where ``domain``'s data share lives: its coordinate and its mixture group's, in the
+        first mixture group that lists the domain; None when no mixture does."""
+        for idx in self.simplex_groups():
+            for i in idx:
+                if self._dims[i].key == f"{self._dims[i].group}.{domain}":
+                    return i, idx
+        return None
+
     def discrete_dims(self) -> dict[int, list[float]]:
         """Allowed encoded values of each integer and categorical coordinate.
 

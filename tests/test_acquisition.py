@@ -31,3 +31,44 @@ def test_proxy_domains_climb_dev_and_decoupled_ones_penalise_the_proxy_gap() -> 
     assert dev * 1.0 + ext * 0.85 == pytest.approx(0.3 * (1.5 * 0.85 - 0.5))
     assert dev * 1.0 + ext * 0.0 < 0
     assert np.all(np.isfinite(coef))
+
+
+@pytest.mark.parametrize("objective", ["weighted", "pareto"])
+def test_a_share_floor_keeps_the_domains_data_share(objective: str) -> None:
+    from searchlab.acquisition import ShareFloor, propose_batch
+    from searchlab.bench import _history
+    from searchlab.objective import ObjectiveType
+    from searchlab.simulation import DOMAINS as SIX
+    from searchlab.surrogate import DomainSurrogate
+
+    h = _history(16, 0)
+    space = h["space"]
+    surrogates = []
+    for i, d in enumerate(SIX):
+        s = DomainSurrogate(
+            dim=space.dim, simplex_groups=space.simplex_groups(), resolution=0.01, seed=i
+        )
+        # Dev only: what is tested is the constraint, and single-task fits are quick.
+        empty = np.zeros((0, space.dim))
+        s.fit(h["x"], h["dev"][d], empty, empty[:, 0])
+        surrogates.append(s)
+    where = space.share_coordinates("equations")
+    assert where is not None and space.keys[where[0]].endswith(".equations")
+    assert space.share_coordinates("not-a-domain") is None
+    for min_share in (0.5, 0.9):
+        batch = propose_batch(
+            surrogates=surrogates,
+            weights=[1 / 6] * 6,
+            modes=[Mode.PROXY] * 6,
+            dev_penalty=0.5,
+            x_baseline=h["x"],
+            x_pending=None,
+            q=1,
+            discrete_dims=space.discrete_dims(),
+            seed=3,
+            objective=ObjectiveType(objective),
+            domains=SIX,
+            share_floor=ShareFloor(where[0], tuple(where[1]), min_share),
+        )
+        recipe = space.decode(batch.x[0])
+        assert recipe["mixture.equations"] >= min_share - 1e-6

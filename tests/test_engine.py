@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from searchlab.backends import load_backend
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("cipher", "gravity", "equations")
 
 
-def _config(**policy):
+def _config(total: int = 5, **policy):
     return validate_study(
         {
             "name": "e2e",
@@ -26,14 +27,16 @@ def _config(**policy):
             "space": canonical_space(DOMAINS),
             "backend": {"name": "simulated", "options": {"weak_domains": ["equations"]}},
             "rounds": {"candidates": 4, "count": 3},
-            "external": {"per_round": 2, "total": 5},
+            "external": {"per_round": 2, "total": total},
             "policy": {"warmup_rounds": 1, "switch": False, **policy},
         },
         source="test",
     )
 
 
-def _run(tmp_path: Path, config) -> tuple[Engine, dict]:
+def _run(tmp_path: Path, config, modes: property | None = None) -> tuple[Engine, dict]:
+    """Runs the study to its end; ``modes`` replaces the engine's (a test's forced switch)."""
+    tmp_path.mkdir(exist_ok=True)
     record = Storage(f"sqlite:///{tmp_path / 's.db'}", create=True).create(config)
     backend = load_backend(
         config.backend.name,
@@ -43,6 +46,8 @@ def _run(tmp_path: Path, config) -> tuple[Engine, dict]:
         seed=config.seed,
     )
     engine = Engine(record=record, config=config, backend=backend)
+    if modes is not None:
+        engine.__class__ = type("ForcedModes", (Engine,), {"modes": modes})
     engine.run()
     return engine, status(record)
 
@@ -144,3 +149,25 @@ def test_default_goodhart_study_across_seeds(tmp_path: Path) -> None:
     rec = sorted(s["recommendation"]["regret"] for s in runs)
     best = sorted(s["best_dev_candidate"]["regret"] for s in runs)
     assert sum(rec[1:3]) <= sum(best[1:3]) + 0.002, summary  # medians of four
+
+
+def test_after_a_switch_each_round_proposes_and_submits_a_share_probe(tmp_path: Path) -> None:
+    # equations decoupled from the start (a stand-in for an alarm, so the test does not wait
+    # for one): every round after the warm-up has one share probe, proposed with equations'
+    # data share at least its dev-record holder's, and submitted with that reason.
+    from searchlab.store import Mode
+
+    config = _config(total=6, switch=True)
+    forced = property(lambda _: [Mode.PROXY, Mode.PROXY, Mode.DECOUPLED])
+    engine, _s = _run(tmp_path, config, modes=forced)
+    candidates = engine.record.candidates()
+    probes = [c for c in candidates if c.proposal["method"] == "share-probe"]
+    assert [c.round for c in probes] == [1, 2]
+    submitted = {e["candidate"]: e for e in engine.record.audit_log() if e["kind"] == "submission"}
+    for c in probes:
+        assert c.proposal["domain"] == "equations"
+        assert c.recipe["mixture.equations"] >= c.proposal["min_share"] - 1e-6
+        assert "share probe" in submitted[c.number]["reason"]
+        # The least share is a share some earlier candidate had.
+        earlier = [e.recipe["mixture.equations"] for e in candidates if e.round < c.round]
+        assert min(abs(np.array(earlier) - c.proposal["min_share"])) < 1e-9

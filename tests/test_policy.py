@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 
 from searchlab.policy import (
+    SubmissionRound,
+    choose_submissions,
     confirm_for_recommendation,
     implausible_domains,
     rank_for_submission,
     recommend,
     record_probe,
+    share_probes,
     spread_by_dev,
 )
+from searchlab.store import Mode
 
 
 def test_warm_up_spreads_over_dev_extremes_first() -> None:
@@ -81,3 +85,55 @@ def test_a_model_out_of_range_is_flagged_and_never_the_sole_basis() -> None:
 
 def test_a_domain_without_external_scores_is_never_flagged() -> None:
     assert implausible_domains([np.array([7.0])], [np.array([])], ["a"]) == [[]]
+
+
+def test_share_probes_go_to_decoupled_domains_with_a_share_taking_turns() -> None:
+    domains = ["a", "b", "c"]
+    modes = [Mode.DECOUPLED, Mode.PROXY, Mode.DECOUPLED]
+    shares = [0.6, 0.3, 0.5]
+    probes = share_probes(round=2, domains=domains, modes=modes, record_shares=shares, slots=2)
+    assert [(p.domain, p.min_share) for p in probes] == [("a", 0.6), ("c", 0.5)]
+    # One slot: the decoupled domains take turns by round.
+    turns = [share_probes(round=r, domains=domains, modes=modes, record_shares=shares, slots=1)
+             for r in (2, 3)]  # fmt: skip
+    assert [t[0].domain for t in turns] == ["a", "c"]
+    # No slot, no decoupled domain, or no share: none.
+    assert share_probes(round=2, domains=domains, modes=modes, record_shares=shares, slots=0) == []
+    proxy = [Mode.PROXY] * 3
+    assert share_probes(round=2, domains=domains, modes=proxy, record_shares=shares, slots=2) == []
+    none = [None, 0.3, None]
+    assert share_probes(round=2, domains=domains, modes=modes, record_shares=none, slots=2) == []
+
+
+def test_a_share_probe_is_submitted_after_the_record_probe_and_before_the_ranking() -> None:
+    pred = {
+        "dev_mean": np.array([0.9, 0.5, 0.7]),
+        "dev_sd": np.zeros(3),
+        "ext_mean": np.array([0.2, 0.6, 0.4]),
+        "ext_sd": np.zeros(3),
+    }
+
+    def round_with(budget: int, last: bool = False) -> list[int]:
+        r = SubmissionRound(
+            round=3 if last else 2,
+            rounds=4,
+            warmup_rounds=1,
+            budget=budget,
+            open=[1, 2, 3],
+            predictions=[pred],
+            weights=[1.0],
+            modes=[Mode.DECOUPLED],
+            ucb_beta=1.0,
+            probe_ready=True,
+            probe=lambda numbers: record_probe(
+                numbers, [pred["dev_mean"][: len(numbers)]], [0.8], [0.1], ["a"]
+            ),
+            modelled_external=lambda numbers: pred["ext_mean"][[n - 1 for n in numbers]],
+            share_probes={3: "a"},
+        )
+        return [c.candidate for c in choose_submissions(r)]
+
+    assert round_with(3) == [1, 3, 2]  # record probe, share probe, then the best by the bound
+    assert round_with(2) == [1, 3]
+    assert round_with(1) == [3]  # no room for the record probe
+    assert round_with(3, last=True) == [1, 3, 2]  # the last round confirms after it
