@@ -80,6 +80,31 @@ def tiny_study_data() -> dict[str, Any]:
     return copy.deepcopy(_TINY_STUDY)
 
 
+def six_domain_surrogates(n: int, *, external: bool = True) -> tuple[Any, Any, list[Any]]:
+    """``(history, space, surrogates)``: ``bench._history(n, 0)`` over the six simulated domains
+    and one fitted surrogate per domain (dev only with ``external=False``: a quick fit)."""
+    import numpy
+
+    from searchlab.bench import _history
+    from searchlab.simulation import DOMAINS
+    from searchlab.surrogate import DomainSurrogate
+
+    h = _history(n, 0)
+    space = h["space"]
+    empty = numpy.zeros((0, space.dim))
+    surrogates = []
+    for i, d in enumerate(DOMAINS):
+        s = DomainSurrogate(
+            dim=space.dim, simplex_groups=space.simplex_groups(), resolution=0.01, seed=i
+        )
+        if external:
+            s.fit(h["x"], h["dev"][d], h["x"][h["ext_rows"]], h["ext"][d])
+        else:
+            s.fit(h["x"], h["dev"][d], empty, empty[:, 0])
+        surrogates.append(s)
+    return h, space, surrogates
+
+
 def write_yaml(path: Path | str, data: Any) -> Path:
     """Writes ``data`` as YAML (``.nan``/``.inf`` for non-finite floats) and returns the path."""
     path = Path(path)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import six_domain_surrogates
 
 from searchlab.acquisition import objective_coefficients
 from searchlab.store import Mode
@@ -36,22 +37,11 @@ def test_proxy_domains_climb_dev_and_decoupled_ones_penalise_the_proxy_gap() -> 
 @pytest.mark.parametrize("objective", ["weighted", "pareto"])
 def test_a_share_floor_keeps_the_domains_data_share(objective: str) -> None:
     from searchlab.acquisition import ShareFloor, propose_batch
-    from searchlab.bench import _history
     from searchlab.objective import ObjectiveType
     from searchlab.simulation import DOMAINS as SIX
-    from searchlab.surrogate import DomainSurrogate
 
-    h = _history(16, 0)
-    space = h["space"]
-    surrogates = []
-    for i, d in enumerate(SIX):
-        s = DomainSurrogate(
-            dim=space.dim, simplex_groups=space.simplex_groups(), resolution=0.01, seed=i
-        )
-        # Dev only: what is tested is the constraint, and single-task fits are quick.
-        empty = np.zeros((0, space.dim))
-        s.fit(h["x"], h["dev"][d], empty, empty[:, 0])
-        surrogates.append(s)
+    # Dev only: what is tested is the constraint, and single-task fits are quick.
+    h, space, surrogates = six_domain_surrogates(16, external=False)
     where = space.share_coordinates("equations")
     assert where is not None and space.keys[where[0]].endswith(".equations")
     assert space.share_coordinates("not-a-domain") is None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_cli, simulated_study, sqlite_url, write_yaml
+from conftest import run_cli, simulated_study, six_domain_surrogates, sqlite_url, write_yaml
 
 from searchlab.backends import backend_for
 from searchlab.config import validate_study
@@ -214,20 +214,10 @@ def test_a_candidate_missing_a_floor_is_never_recommended_as_meeting_it() -> Non
 
 def test_pareto_and_constrained_batches_are_proposed(tmp_path: Path) -> None:
     from searchlab.acquisition import floor_outputs, propose_batch
-    from searchlab.bench import _history
     from searchlab.simulation import DOMAINS as SIX
     from searchlab.store import Mode
-    from searchlab.surrogate import DomainSurrogate
 
-    h = _history(24, 0)
-    space = h["space"]
-    surrogates = []
-    for i, d in enumerate(SIX):
-        s = DomainSurrogate(
-            dim=space.dim, simplex_groups=space.simplex_groups(), resolution=0.01, seed=i
-        )
-        s.fit(h["x"], h["dev"][d], h["x"][h["ext_rows"]], h["ext"][d])
-        surrogates.append(s)
+    h, space, surrogates = six_domain_surrogates(24)
     floors = [ResolvedFloor(SIX[1], FloorTask.EXTERNAL, 0.5, "t"),
               ResolvedFloor(SIX[2], FloorTask.DEV, 0.4, "t")]  # fmt: skip
     # Outputs are stacked per domain as (dev, external): domain 1's external is output 3.
