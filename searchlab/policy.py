@@ -31,7 +31,10 @@ decoupled domain (:func:`share_probes`; at most one fewer than the round's submi
 the same acquisition under the constraint that the domain's data share is at least the share of
 its dev-record holder, and it is submitted ahead of the ranked candidates: an external score
 at a recipe that keeps the data and drops whatever else the model blames. This changes nothing
-before the first switch, so the validity test's null corpus still describes the engine.
+before the first switch, so the validity test's null corpus still describes the engine. Its
+limit: the probe's other coordinates are chosen by the same model, so where that model holds
+the hack harmless the probe keeps the hack too and teaches nothing (docs/RESULTS.md, "Share
+probes"). A top-up of a resumed round (one candidate) has no room for a probe.
 
 Recommendation: the candidate with the highest modelled external score (weighted posterior mean
 of the external task), never the highest raw dev. A GP extrapolates freely: with two external
