@@ -310,11 +310,14 @@ def test_a_study_stored_before_tracking_and_hinge_form_keeps_its_test(tmp_path: 
     url = f"sqlite:///{tmp_path / 's.db'}"
     record = Storage(url, create=True).create(_config())
     old = dict(record.config_data)
-    old["policy"] = {k: v for k, v in old["policy"].items() if k not in ("tracking", "hinge_form")}
+    assert stored_config(old).policy.share_probes  # stored with the key: as it ran
+    later = ("tracking", "hinge_form", "share_probes")
+    old["policy"] = {k: v for k, v in old["policy"].items() if k not in later}
     record.study.set_user_attr(f"{PREFIX}config", old)  # as an older searchlab stored it
     view = read(Storage(url).load("schema"))
     assert view.settings.tracking == 0.0 and view.settings.hinge_form == HingeForm.QUAD
     assert stored_config(old).policy.tracking == 0.0
+    assert not stored_config(old).policy.share_probes  # no probes after a switch back then
     result = run_cli("study", "status", "schema", "--storage", url, "--json")
     assert result.returncode == 0, result.stderr
     new = _config().model_dump(mode="json")
