@@ -171,7 +171,7 @@ def choose_submissions(r: SubmissionRound) -> list[SubmissionChoice]:
     for i in list(keep):
         domain = r.share_probes.get(r.open[i])
         if domain is not None and len(choices) < r.budget:
-            reason = f"share probe: {domain}'s data share kept, the rest of its record dropped"
+            reason = f"share probe: {domain}'s data share kept at its dev record's"
             choices.append(SubmissionChoice(r.open[i], reason, 0.0))
             keep.remove(i)
     left = [r.open[i] for i in keep]
