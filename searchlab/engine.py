@@ -418,15 +418,10 @@ class Engine:
                 predicted_objective=batch.predicted_objective,
             )
             pending += list(batch.x)
-            for i, probe in enumerate(probes):
-                where = self.space.share_coordinates(probe.domain)
-                assert where is not None  # share_probes only names domains with a share
+            for i, (probe, floor) in enumerate(probes):
                 t0 = time.perf_counter()
                 one = propose(
-                    x_pending=np.asarray(pending),
-                    q=1,
-                    seed=seed + 1 + i,
-                    share_floor=ShareFloor(where[0], tuple(where[1]), probe.min_share),
+                    x_pending=np.asarray(pending), q=1, seed=seed + 1 + i, share_floor=floor
                 )
                 self.timings["propose"] += time.perf_counter() - t0
                 extra = {"domain": probe.domain, "min_share": probe.min_share}
@@ -456,26 +451,35 @@ class Engine:
                 },
             )
 
-    def _share_probes(self, r: int, models: _Models, need: int) -> list[ShareProbe]:
-        """This round's share probes (:func:`searchlab.policy.share_probes`): each decoupled
-        domain's least share is its dev-record holder's (the highest modelled dev) share."""
+    def _share_probes(
+        self, r: int, models: _Models, need: int
+    ) -> list[tuple[ShareProbe, ShareFloor]]:
+        """This round's share probes (:func:`searchlab.policy.share_probes`), each with the
+        constraint it is proposed under: each decoupled domain's least share is its dev-record
+        holder's (the highest modelled dev) share."""
         if not self.config.policy.share_probes or Mode.DECOUPLED not in self.modes:
             return []
+        where = {d: at for d in self.domains if (at := self.space.share_coordinates(d)) is not None}
         shares: list[float | None] = []
         for i_d, d in enumerate(self.domains):
-            where = self.space.share_coordinates(d)
-            if where is None:
+            if d not in where:
                 shares.append(None)
                 continue
+            c, group = where[d]
             row = models.x[int(np.argmax(models.predictions[i_d]["dev_mean"]))]
-            shares.append(float(row[where[0]] / max(row[where[1]].sum(), 1e-12)))
-        return share_probes(
+            shares.append(float(row[c] / max(row[group].sum(), 1e-12)))
+        probes = share_probes(
             round=r,
             domains=self.domains,
             modes=self.modes,
             record_shares=shares,
             slots=min(need, self.config.external.per_round) - 1,
         )
+        # share_probes names only domains with a share (in `where`).
+        return [
+            (p, ShareFloor(where[p.domain][0], tuple(where[p.domain][1]), p.min_share))
+            for p in probes
+        ]
 
     # -- train and evaluate -----------------------------------------------------------------
 
