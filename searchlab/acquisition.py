@@ -210,12 +210,15 @@ def propose_batch(
     import torch
     from botorch.models.model import ModelList
 
+    from searchlab.batched import batched_model
+
     torch.manual_seed(seed)
     dtype = torch.float64
     coef = torch.as_tensor(
         objective_coefficients(surrogates, weights, modes, dev_penalty), dtype=dtype
     )
-    model = ModelList(*[s.model for s in surrogates])
+    # One batched posterior for all domains where they allow it (the same distribution).
+    model = batched_model(surrogates) or ModelList(*[s.model for s in surrogates])
     d = x_baseline.shape[1]
     bounds = torch.stack([torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype)])
     constraints = [
@@ -263,11 +266,15 @@ def _below_floor(samples: torch.Tensor, *, index: int, threshold: float) -> torc
 
 
 def _sampler(model: Any, seed: int) -> Any:
-    """One quasi-MC sampler per domain model: a ModelList's posterior is a PosteriorList."""
+    """A quasi-MC sampler: one per domain model for a ModelList (its posterior is a
+    PosteriorList), one for a :class:`~searchlab.batched.DomainBatch`."""
     import torch
+    from botorch.models.model import ModelList
     from botorch.sampling.list_sampler import ListSampler
     from botorch.sampling.normal import SobolQMCNormalSampler
 
+    if not isinstance(model, ModelList):
+        return SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=seed)
     return ListSampler(
         *[
             SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=seed + i)
@@ -292,7 +299,8 @@ def _acquisition(
 ) -> Any:
     """qLogNEI of the linear objective ``samples @ coef`` over the domains' models.
 
-    ``model`` is a ``ModelList`` of the ``K`` domain models (``m`` outputs in all), ``coef`` of
+    ``model`` has the ``K`` domains' outputs (``m`` in all; a ``ModelList`` or a
+    :class:`~searchlab.batched.DomainBatch`), ``coef`` of
     shape ``(m,)``, ``x_baseline`` ``(n, d)``, ``x_pending`` ``(p, d)`` or None; ``constraints``
     are outcome constraints on the same samples (:func:`_below_floor`).
     """
