@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate, SurrogateForm
+from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate, SurrogateForm, log_parametrise
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +67,10 @@ def _domain_batch_class() -> type:
     from botorch.models.model import Model
     from botorch.models.multitask import _compute_multitask_mean
     from botorch.models.utils.assorted import _make_X_full, gpt_posterior_settings
-    from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+    from botorch.models.utils.gpytorch_modules import (
+        MIN_INFERRED_NOISE_LEVEL,
+        get_covar_module_with_dim_scaled_prior,
+    )
     from botorch.posteriors.gpytorch import GPyTorchPosterior
     from gpytorch.constraints import GreaterThan
     from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
@@ -87,7 +90,7 @@ def _domain_batch_class() -> type:
             likelihood = HadamardGaussianLikelihood(
                 num_tasks=2,
                 batch_shape=batch,
-                noise_constraint=GreaterThan(1e-6, transform=None),
+                noise_constraint=GreaterThan(MIN_INFERRED_NOISE_LEVEL, transform=None),
                 task_feature_index=dim,
             )
             super().__init__(train_x, train_y, likelihood)
@@ -96,6 +99,7 @@ def _domain_batch_class() -> type:
             self.covar_module = get_covar_module_with_dim_scaled_prior(
                 ard_num_dims=dim, batch_shape=batch, active_dims=list(range(dim))
             ) * IndexKernel(num_tasks=2, rank=2, batch_shape=batch, active_dims=[dim])
+            log_parametrise(self)  # as DomainSurrogate's two-task models, so raw values stack
 
         def forward(self, x: torch.Tensor) -> MultivariateNormal:
             # x: batch x K x n x (d + 1)
