@@ -1,4 +1,4 @@
-"""All domains' two-task ICM surrogates as one batched GP, so the acquisition pays one posterior.
+"""All domains' two-task ICM surrogates as one batched GP: one fit, one posterior per step.
 
 The acquisition (:mod:`searchlab.acquisition`) needs at ``P`` points the joint posterior of the
 ``2K`` outputs ``(dev_1, ext_1, ..., dev_K, ext_K)`` of ``K`` domains. A BoTorch ``ModelList``
@@ -9,24 +9,35 @@ covariance is block diagonal,
 
     Sigma = blockdiag(Sigma_1, ..., Sigma_K),    Sigma_k of shape 2P x 2P (task-major),
 
-and the ``K`` ICMs can be evaluated as one GPyTorch ``ExactGP`` with batch shape ``[K]`` (BoTorch's
-``MultiTaskGP`` refuses batched training inputs). :class:`DomainBatch` holds the per-domain
-models' fitted hyperparameters stacked along that batch dimension and returns the same
-distribution as the ``ModelList``: a ``MultitaskMultivariateNormal`` over ``P x 2K`` whose
-covariance stays a ``BlockDiagLinearOperator``, so a sample costs ``K`` Cholesky factors of
-``2P x 2P``, never one of ``2KP x 2KP``.
+and the ``K`` ICMs can be evaluated as one GPyTorch ``ExactGP`` with batch shape ``[K]``
+(BoTorch's ``MultiTaskGP`` refuses batched training inputs).
 
-Limit: only when every domain is a two-task ICM with the same training inputs (dev at every
-candidate, external at the same submitted ones, which is what the engine stores). Otherwise
-:func:`batched_model` returns None and the caller keeps the ``ModelList``. Its Monte Carlo draws
-differ from the ``ModelList``'s (one Sobol sequence, not one per domain), so proposals are the
-same in distribution, not draw for draw.
+- :class:`DomainBatch` (from :func:`batched_model`) holds the per-domain models' fitted
+  hyperparameters stacked along that batch dimension and returns the same distribution as the
+  ``ModelList``: a ``MultitaskMultivariateNormal`` over ``P x 2K`` whose covariance stays a
+  ``BlockDiagLinearOperator``, so a sample costs ``K`` Cholesky factors of ``2P x 2P``, never
+  one of ``2KP x 2KP``.
+- :func:`fit_domains` fits the ``K`` models the same way: the batched negative log marginal
+  likelihood (plus priors) is a ``K``-vector whose entry ``k`` is domain ``k``'s own objective,
+  and BoTorch's batched L-BFGS-B gives each entry its own run.
+
+Limits: only when every domain is a two-task ICM with the same training inputs (dev at every
+candidate, external at the same submitted ones, which is what the engine stores); otherwise the
+domains are fitted and evaluated one by one, as before. The Monte Carlo draws of
+:class:`DomainBatch` differ from the ``ModelList``'s (one Sobol sequence, not one per domain),
+and a batched fit differs from a lone one in rounding, so proposals are the same in
+distribution, not draw for draw. A batched evaluation computes all ``K`` objectives while
+the slowest domain still iterates, so a fit costs about the slowest domain's iterations times
+one batched evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate, SurrogateForm, log_parametrise
 
@@ -58,10 +69,11 @@ def batched_model(surrogates: Sequence[DomainSurrogate]) -> Model | None:
         for s in surrogates[1:]
     ):
         return None
-    return _domain_batch_class()(surrogates)
+    return _classes()[0](surrogates)
 
 
-def _domain_batch_class() -> type:
+@cache
+def _classes() -> tuple[type, Any]:
     """Built on first use so that importing this module does not import torch (lazy imports)."""
     import torch
     from botorch.models.model import Model
@@ -78,6 +90,7 @@ def _domain_batch_class() -> type:
     from gpytorch.likelihoods import HadamardGaussianLikelihood
     from gpytorch.means import ConstantMean, MultitaskMean
     from gpytorch.models import ExactGP
+    from gpytorch.priors import LogNormalPrior
     from linear_operator.operators import BlockDiagLinearOperator
 
     class BatchedICM(ExactGP):
@@ -90,6 +103,7 @@ def _domain_batch_class() -> type:
             likelihood = HadamardGaussianLikelihood(
                 num_tasks=2,
                 batch_shape=batch,
+                noise_prior=LogNormalPrior(loc=-4.0, scale=1.0),  # MultiTaskGP's
                 noise_constraint=GreaterThan(MIN_INFERRED_NOISE_LEVEL, transform=None),
                 task_feature_index=dim,
             )
@@ -100,6 +114,10 @@ def _domain_batch_class() -> type:
                 ard_num_dims=dim, batch_shape=batch, active_dims=list(range(dim))
             ) * IndexKernel(num_tasks=2, rank=2, batch_shape=batch, active_dims=[dim])
             log_parametrise(self)  # as DomainSurrogate's two-task models, so raw values stack
+
+        def transform_inputs(self, X: torch.Tensor, **_: Any) -> torch.Tensor:
+            """BoTorch's loss closure asks for it: the training inputs are projected already."""
+            return X
 
         def forward(self, x: torch.Tensor) -> MultivariateNormal:
             # x: batch x K x n x (d + 1)
@@ -118,22 +136,13 @@ def _domain_batch_class() -> type:
         def __init__(self, surrogates: Sequence[DomainSurrogate]) -> None:
             super().__init__()
             models = [s.model for s in surrogates]
-            dim = surrogates[0].dim
-            k = len(models)
-            train_x = models[0].train_inputs[0]  # N x (d + 1), already projected
-            train_y = torch.stack([m.train_targets for m in models])  # K x N
-            self.gp = BatchedICM(train_x.expand(k, *train_x.shape), train_y, dim).to(train_x)
-            # Fitted values, stacked: each domain's parameter becomes one slice of the batch.
-            states = [m.state_dict() for m in models]
-            names = [name for name, _ in self.gp.named_parameters()]
-            stacked = {name: torch.stack([s[name] for s in states]) for name in names}
-            self.gp.load_state_dict(stacked, strict=False)
+            self.gp = stacked(models, surrogates[0].dim)
             self.gp.eval()
             self.input_transform = models[0].input_transform
             # Standardize(m=1) per domain, shared by its two tasks: mean and sd, each K.
             self.y_mean = torch.stack([m.outcome_transform.means.reshape(()) for m in models])
             self.y_sd = torch.stack([m.outcome_transform.stdvs.reshape(()) for m in models])
-            self.k, self.dim = k, dim
+            self.k, self.dim = len(models), surrogates[0].dim
 
         @property
         def num_outputs(self) -> int:
@@ -174,4 +183,117 @@ def _domain_batch_class() -> type:
                 return posterior_transform(posterior)
             return posterior
 
-    return DomainBatch
+    def stacked(models: Sequence[Any], dim: int) -> BatchedICM:
+        """The ``K`` domain models' data and current hyperparameters, each domain one slice."""
+        # The stored inputs, projected as the models' own forward passes project them.
+        train_x = models[0].input_transform(models[0].train_inputs[0])  # N x (d + 1)
+        train_y = torch.stack([m.train_targets for m in models])  # K x N, standardised
+        gp = BatchedICM(train_x.expand(len(models), *train_x.shape), train_y, dim).to(train_x)
+        states = [m.state_dict() for m in models]
+        names = [name for name, _ in gp.named_parameters()]
+        gp.load_state_dict({n: torch.stack([s[n] for s in states]) for n in names}, strict=False)
+        return gp
+
+    return DomainBatch, stacked
+
+
+def fit_domains(
+    surrogates: Sequence[DomainSurrogate],
+    x_dev: np.ndarray,
+    y_devs: Sequence[np.ndarray],
+    x_ext: np.ndarray,
+    y_exts: Sequence[np.ndarray],
+) -> None:
+    """Fits every domain's surrogate, as :meth:`DomainSurrogate.fit` would one by one.
+
+    Two-task ICMs on the same inputs, all cold or all warm, are optimised together by BoTorch's
+    batched L-BFGS-B (``fmin_l_bfgs_b_batched``, a port of SciPy's): each domain has its own
+    iterates, line searches and stopping test, as in its own run, and the ``K`` objectives
+    are evaluated in one GPyTorch pass. A cold domain whose run does not converge is refitted
+    on its own from its starting point, with BoTorch's retries, as before.
+
+    Args:
+        surrogates: ``K`` surrogates.
+        x_dev: ``n x d`` encoded recipes with dev scores (every domain's).
+        y_devs: ``K`` arrays of ``n`` dev accuracies.
+        x_ext: ``m x d`` encoded recipes with external scores.
+        y_exts: ``K`` arrays of ``m`` external scores as reported.
+    """
+    import torch
+
+    built = []
+    for s, y_dev, y_ext in zip(surrogates, y_devs, y_exts, strict=True):
+        with s.seeded(len(y_dev), len(y_ext)):
+            built.append(s.build(x_dev, y_dev, x_ext, y_ext))
+    groups: dict[bool, list[int]] = {}
+    for i, (s, (_, warm)) in enumerate(zip(surrogates, built, strict=True)):
+        if s.two_task and s.form is SurrogateForm.ICM:
+            groups.setdefault(warm, []).append(i)
+    statuses: dict[int, str | None] = {}
+    for warm, members in groups.items():
+        inputs = built[members[0]][0].train_inputs[0]
+        if len(members) >= 2 and all(
+            torch.equal(built[i][0].train_inputs[0], inputs) for i in members[1:]
+        ):
+            with surrogates[members[0]].seeded(0, 0):
+                models = [built[i][0] for i in members]
+                ended = _optimise_together(models, dim=surrogates[0].dim, warm=warm)
+            statuses.update(zip(members, ended, strict=True))
+    for i, (s, (model, warm)) in enumerate(zip(surrogates, built, strict=True)):
+        status = statuses.get(i)
+        if status is None:  # not batched, or a cold run that did not converge: its own fit
+            with s.seeded(len(y_devs[i]), len(y_exts[i])):
+                status = s.optimise(model, warm=warm)
+        s.adopt(model, status)
+
+
+def _optimise_together(models: Sequence[Any], *, dim: int, warm: bool) -> list[str | None]:
+    """Runs each model's L-BFGS-B, batched; writes the results into the models.
+
+    Returns:
+        Per model, its :attr:`DomainSurrogate.fit_status`, or None for a cold run that did not
+        converge (its model is left at its starting point).
+    """
+    import torch
+    from botorch.optim.batched_lbfgs_b import fmin_l_bfgs_b_batched
+    from botorch.optim.closures import BatchedNDarrayOptimizationClosure, get_loss_closure
+    from botorch.optim.utils import get_parameters_and_bounds
+    from botorch.optim.utils.numpy_utils import get_per_element_bounds
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from searchlab.surrogate import WARM_MAXITER
+
+    gp = _classes()[1](models, dim)
+    mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
+    mll.train()
+    parameters, bounds = get_parameters_and_bounds(mll)
+    parameters = {n: p for n, p in parameters.items() if p.requires_grad}
+    batch = torch.Size([len(models)])
+    closure = BatchedNDarrayOptimizationClosure(
+        forward=get_loss_closure(mll), parameters=parameters, batch_shape=batch
+    )
+    # SciPy's defaults otherwise (factr 1e7, pgtol 1e-5, 10 corrections), as a lone fit has.
+    xs, _, results = fmin_l_bfgs_b_batched(
+        func=closure,
+        x0=closure.state,
+        bounds=get_per_element_bounds(parameters, bounds, batch),
+        pass_batch_indices=True,
+        **({"maxiter": WARM_MAXITER} if warm else {}),
+    )
+    closure.state = xs
+    ended: list[str | None] = []
+    for k, (model, result) in enumerate(zip(models, results, strict=True)):
+        # status: 0 converged, 1 the iteration cap, 2 anything else (SciPy's warnflag)
+        if result.status == 0:
+            ended.append("converged")
+        elif warm:  # kept, as a lone warm run is: the next round goes on from here
+            kept = f"warm run not converged, kept: {result.message}"[:200]
+            ended.append("stopped" if result.status == 1 else kept)
+        else:
+            ended.append(None)
+            continue
+        own = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in gp.named_parameters():
+                own[name].copy_(value[k])
+    return ended

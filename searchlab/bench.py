@@ -68,6 +68,7 @@ def _searchlab_seconds(
     h: dict[str, Any], *, warm: bool, seed: int, objective: ObjectiveType = ObjectiveType.WEIGHTED
 ) -> float:
     from searchlab.acquisition import propose_batch
+    from searchlab.batched import fit_domains
     from searchlab.surrogate import DomainSurrogate
 
     space = h["space"]
@@ -80,8 +81,9 @@ def _searchlab_seconds(
     x, rows = h["x"], h["ext_rows"]
 
     def fit_all() -> None:
-        for s, d in zip(surrogates, DOMAINS, strict=True):
-            s.fit(x, h["dev"][d], x[rows], h["ext"][d])
+        fit_domains(
+            surrogates, x, [h["dev"][d] for d in DOMAINS], x[rows], [h["ext"][d] for d in DOMAINS]
+        )
 
     if warm:
         fit_all()  # the previous round's fit, not timed

@@ -28,6 +28,7 @@ import numpy as np
 
 from searchlab.acquisition import Batch, ShareFloor, modelled_objective, propose_batch
 from searchlab.backends import Backend, check_external_scores
+from searchlab.batched import fit_domains
 from searchlab.config import StudyConfig
 from searchlab.errors import BackendError, CandidateFinishedError, SearchlabError
 from searchlab.interrupt import SignalLatch, received, sigint_latch
@@ -596,14 +597,15 @@ class Engine:
         index = {c.number: i for i, c in enumerate(done)}
         ext_numbers = [n for n in sorted(ext, key=lambda n: ext[n]["submission"]) if n in index]
         t0 = time.perf_counter()
+        fit_domains(
+            self.surrogates,
+            x,
+            [np.array([c.dev[d] for c in done]) for d in self.domains],
+            x[[index[n] for n in ext_numbers]] if ext_numbers else np.zeros((0, x.shape[1])),
+            [np.array([ext[n]["scores"][d] for n in ext_numbers]) for d in self.domains],
+        )
         predictions = []
         for s, d in zip(self.surrogates, self.domains, strict=True):
-            s.fit(
-                x,
-                np.array([c.dev[d] for c in done]),
-                x[[index[n] for n in ext_numbers]] if ext_numbers else np.zeros((0, x.shape[1])),
-                np.array([ext[n]["scores"][d] for n in ext_numbers]),
-            )
             predictions.append(s.predict(x))
             if s.fit_status not in ("converged", "stopped"):
                 # Recorded, not fatal: the model keeps the hyperparameters it has.

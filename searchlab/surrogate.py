@@ -50,7 +50,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from botorch.models.model import Model
 
 DEV, EXTERNAL = 0, 1
+#: L-BFGS iterations of a warm refit (from the previous round's optimum).
+WARM_MAXITER = 60
 _WARM_KEYS = ("covar_module", "mean_module", "likelihood")
 
 
@@ -260,22 +262,34 @@ class DomainSurrogate:
             x_ext: ``m x d`` encoded recipes with an external score.
             y_ext: ``m`` external scores as reported (floored).
         """
+        with self.seeded(len(y_dev), len(y_ext)):
+            model, warm = self.build(x_dev, y_dev, x_ext, y_ext)
+            self.adopt(model, self.optimise(model, warm=warm))
+
+    @contextmanager
+    def seeded(self, n_dev: int, n_ext: int) -> Iterator[None]:
+        """A block whose random draws (the task kernel's initial factor, BoTorch's fit retries)
+        come from a private generator seeded by the surrogate's seed and the data size, so a
+        study is reproducible from its seed; numerics warnings are recorded, not printed."""
         import torch
 
-        # The task kernel's initial factor and BoTorch's fit retries draw from torch's global
-        # generator: seed a private one so a study is reproducible from its seed.
         with torch.random.fork_rng(), quiet_numerics():
-            torch.manual_seed(self.seed * 1_000_003 + 1009 * len(y_dev) + len(y_ext))
-            self._fit(x_dev, y_dev, x_ext, y_ext)
+            torch.manual_seed(self.seed * 1_000_003 + 1009 * n_dev + n_ext)
+            yield
 
-    def _fit(
+    def build(
         self, x_dev: np.ndarray, y_dev: np.ndarray, x_ext: np.ndarray, y_ext: np.ndarray
-    ) -> None:
+    ) -> tuple[Model, bool]:
+        """The model for these observations, not yet fitted (arguments as :meth:`fit`).
+
+        Returns:
+            The model, from the previous fit's hyperparameters where its shape is the same,
+            and whether it was (a warm start).
+        """
         import torch
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms.outcome import Standardize
         from gpytorch.kernels import IndexKernel
-        from gpytorch.mlls import ExactMarginalLogLikelihood
 
         dtype = torch.float64
         xd = torch.as_tensor(x_dev, dtype=dtype)
@@ -320,9 +334,13 @@ class DomainSurrogate:
                 ).to(dtype)
         if self.two_task:
             log_parametrise(model)
-        warm = self._warm_start(model)
-        mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        self.fit_status = self._optimise(mll, warm)
+        return model, self._warm_start(model)
+
+    def adopt(self, model: Model, status: str) -> None:
+        """Keeps a fitted model (from :meth:`build`) and how its fit ended."""
+        import torch
+
+        self.fit_status = status
         model.eval()
         self.model = model
         self._warm = {
@@ -331,17 +349,20 @@ class DomainSurrogate:
         self._warm["__two_task__"] = torch.tensor(float(self.two_task))
 
     @staticmethod
-    def _optimise(mll: Any, warm: bool) -> str:
-        """Fits the hyperparameters; returns how the fit ended (:attr:`fit_status`)."""
+    def optimise(model: Model, *, warm: bool) -> str:
+        """Fits a built model's hyperparameters; returns how the fit ended (:attr:`fit_status`)."""
         from botorch.exceptions.errors import ModelFittingError
         from botorch.fit import fit_gpytorch_mll
         from botorch.optim.core import OptimizationStatus
         from botorch.optim.fit import fit_gpytorch_mll_scipy
+        from gpytorch.mlls import ExactMarginalLogLikelihood
 
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
         if warm:
             # From the previous round's optimum a capped L-BFGS run is enough; BoTorch's default
             # retry policy would restart from random hyperparameters on a maxiter warning.
-            result = fit_gpytorch_mll_scipy(mll, options={"maxiter": 60})
+            mll.train()
+            result = fit_gpytorch_mll_scipy(mll, options={"maxiter": WARM_MAXITER})
             if result.status is OptimizationStatus.FAILURE:
                 # Kept (a cold refit here would change every later round of a study that
                 # never failed); the next round's warm start goes on from this point.
