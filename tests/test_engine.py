@@ -167,7 +167,10 @@ def test_after_a_switch_each_round_proposes_and_submits_a_share_probe(tmp_path: 
     for c in probes:
         assert c.proposal["domain"] == "equations"
         assert c.recipe["mixture.equations"] >= c.proposal["min_share"] - 1e-6
-        assert "share probe" in submitted[c.number]["reason"]
+        # Submitted as a share probe, or first as the round's record probe where the probe
+        # itself set the dev record (which candidate does depends on the run).
+        reason = submitted[c.number]["reason"]
+        assert "share probe" in reason or reason.startswith("validity probe: dev record"), reason
         # The least share is a share some earlier candidate had.
         earlier = [e.recipe["mixture.equations"] for e in candidates if e.round < c.round]
         assert min(abs(np.array(earlier) - c.proposal["min_share"])) < 1e-9
