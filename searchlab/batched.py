@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from searchlab.surrogate import DEV, EXTERNAL, DomainSurrogate, SurrogateForm, log_parametrise
+from searchlab.surrogate import (
+    DEV,
+    EXTERNAL,
+    DomainSurrogate,
+    SurrogateForm,
+    log_parametrise,
+    quiet_numerics,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -69,29 +76,39 @@ def batched_model(surrogates: Sequence[DomainSurrogate]) -> Model | None:
         for s in surrogates[1:]
     ):
         return None
-    return _classes()[0](surrogates)
+    return _domain_batch_class()(surrogates)
+
+
+def _stack(models: Sequence[Any], dim: int) -> Any:  # -> BatchedICM
+    """The ``K`` domain models' data and current hyperparameters, each domain one slice."""
+    import torch
+
+    # The stored inputs, projected as the models' own forward passes project them.
+    train_x = models[0].input_transform(models[0].train_inputs[0])  # N x (d + 1)
+    train_y = torch.stack([m.train_targets for m in models])  # K x N, standardised
+    batched_icm = _batched_icm_class()
+    gp = batched_icm(train_x.expand(len(models), *train_x.shape), train_y, dim).to(train_x)
+    states = [m.state_dict() for m in models]
+    names = [name for name, _ in gp.named_parameters()]
+    gp.load_state_dict({n: torch.stack([s[n] for s in states]) for n in names}, strict=False)
+    return gp
 
 
 @cache
-def _classes() -> tuple[type, Any]:
-    """Built on first use so that importing this module does not import torch (lazy imports)."""
-    import torch
-    from botorch.models.model import Model
+def _batched_icm_class() -> type:
+    """Built on first use, so that importing this module does not import torch."""
     from botorch.models.multitask import _compute_multitask_mean
-    from botorch.models.utils.assorted import _make_X_full, gpt_posterior_settings
     from botorch.models.utils.gpytorch_modules import (
         MIN_INFERRED_NOISE_LEVEL,
         get_covar_module_with_dim_scaled_prior,
     )
-    from botorch.posteriors.gpytorch import GPyTorchPosterior
     from gpytorch.constraints import GreaterThan
-    from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+    from gpytorch.distributions import MultivariateNormal
     from gpytorch.kernels import IndexKernel
     from gpytorch.likelihoods import HadamardGaussianLikelihood
     from gpytorch.means import ConstantMean, MultitaskMean
     from gpytorch.models import ExactGP
     from gpytorch.priors import LogNormalPrior
-    from linear_operator.operators import BlockDiagLinearOperator
 
     class BatchedICM(ExactGP):
         """``K`` ICMs ``k(x, x') B_k[i, j]`` in GPyTorch batch mode; module names as BoTorch's
@@ -125,6 +142,19 @@ def _classes() -> tuple[type, Any]:
             mean = _compute_multitask_mean(self.mean_module, x[..., : self.dim], task, x[..., :0])
             return MultivariateNormal(mean, self.covar_module(x))
 
+    return BatchedICM
+
+
+@cache
+def _domain_batch_class() -> type:
+    """Built on first use, so that importing this module does not import torch."""
+    import torch
+    from botorch.models.model import Model
+    from botorch.models.utils.assorted import _make_X_full, gpt_posterior_settings
+    from botorch.posteriors.gpytorch import GPyTorchPosterior
+    from gpytorch.distributions import MultitaskMultivariateNormal
+    from linear_operator.operators import BlockDiagLinearOperator
+
     class DomainBatch(Model):
         """The ``2K``-output posterior of ``K`` two-task ICM surrogates in one GPyTorch call.
 
@@ -136,7 +166,7 @@ def _classes() -> tuple[type, Any]:
         def __init__(self, surrogates: Sequence[DomainSurrogate]) -> None:
             super().__init__()
             models = [s.model for s in surrogates]
-            self.gp = stacked(models, surrogates[0].dim)
+            self.gp = _stack(models, surrogates[0].dim)
             self.gp.eval()
             self.input_transform = models[0].input_transform
             # Standardize(m=1) per domain, shared by its two tasks: mean and sd, each K.
@@ -183,18 +213,7 @@ def _classes() -> tuple[type, Any]:
                 return posterior_transform(posterior)
             return posterior
 
-    def stacked(models: Sequence[Any], dim: int) -> BatchedICM:
-        """The ``K`` domain models' data and current hyperparameters, each domain one slice."""
-        # The stored inputs, projected as the models' own forward passes project them.
-        train_x = models[0].input_transform(models[0].train_inputs[0])  # N x (d + 1)
-        train_y = torch.stack([m.train_targets for m in models])  # K x N, standardised
-        gp = BatchedICM(train_x.expand(len(models), *train_x.shape), train_y, dim).to(train_x)
-        states = [m.state_dict() for m in models]
-        names = [name for name, _ in gp.named_parameters()]
-        gp.load_state_dict({n: torch.stack([s[n] for s in states]) for n in names}, strict=False)
-        return gp
-
-    return DomainBatch, stacked
+    return DomainBatch
 
 
 def fit_domains(
@@ -235,7 +254,7 @@ def fit_domains(
         if len(members) >= 2 and all(
             torch.equal(built[i][0].train_inputs[0], inputs) for i in members[1:]
         ):
-            with surrogates[members[0]].seeded(0, 0):
+            with quiet_numerics():  # L-BFGS-B draws nothing: only the warnings are scoped
                 models = [built[i][0] for i in members]
                 ended = _optimise_together(models, dim=surrogates[0].dim, warm=warm)
             statuses.update(zip(members, ended, strict=True))
@@ -263,7 +282,7 @@ def _optimise_together(models: Sequence[Any], *, dim: int, warm: bool) -> list[s
 
     from searchlab.surrogate import WARM_MAXITER
 
-    gp = _classes()[1](models, dim)
+    gp = _stack(models, dim)
     mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
     mll.train()
     parameters, bounds = get_parameters_and_bounds(mll)

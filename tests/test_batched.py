@@ -75,7 +75,7 @@ def test_each_domains_batched_objective_is_its_own(fitted: tuple) -> None:
     from botorch.optim.closures import get_loss_closure
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
-    from searchlab.batched import _classes
+    from searchlab.batched import _stack
 
     h, space, surrogates = fitted
     x, rows = h["x"], h["ext_rows"]
@@ -85,7 +85,7 @@ def test_each_domains_batched_objective_is_its_own(fitted: tuple) -> None:
         model, _ = fresh.build(x, h["dev"][d], x[rows], h["ext"][d])
         model.load_state_dict(s.model.state_dict())  # the fitted point, not the start
         models.append(model.train())
-    gp = _classes()[1](models, space.dim)
+    gp = _stack(models, space.dim)
     together = ExactMarginalLogLikelihood(gp.likelihood, gp).train()
     with torch.no_grad():
         joint = get_loss_closure(together)()  # K negative log marginal likelihoods (+ priors)
