@@ -42,6 +42,8 @@ every attempt fails keeps its starting hyperparameters instead of stopping the s
 Why one GP per domain and not one over all domains' 2K tasks: a joint fit over 6 domains took
 97 s at 50 candidates and 391 s at 100 on one CPU thread (measured); per-domain fits take a few
 seconds cold and well under one second warm-started from the previous fit's hyperparameters.
+The domains' ICMs are still fitted and evaluated together, as one batched GP whose batch
+entries are independent (:mod:`searchlab.batched`).
 """
 
 from __future__ import annotations

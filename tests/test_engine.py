@@ -120,7 +120,7 @@ def _acceptance_run(seed: int, folder: str) -> dict:
 
 @pytest.mark.slow
 def test_default_goodhart_study_across_seeds(tmp_path: Path) -> None:
-    """The acceptance runs of ``studies/goodhart-sim.yaml`` (two at a time; about 10 minutes on
+    """The acceptance runs of ``studies/goodhart-sim.yaml`` (two at a time; about 3 minutes on
     2 cores).
 
     Over the seeds: the weak domain alarms in at least ``ACCEPTANCE_MIN_ALARMS``, a healthy
