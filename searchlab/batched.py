@@ -63,20 +63,22 @@ def batched_model(surrogates: Sequence[DomainSurrogate]) -> Model | None:
         A BoTorch model with ``2K`` outputs in the ``ModelList``'s order (domain-major, dev then
         external), or None unless every domain is a two-task ICM on the same training inputs.
     """
-    import torch
-
-    if len(surrogates) < 2 or any(
-        s.model is None or not s.two_task or s.form is not SurrogateForm.ICM for s in surrogates
-    ):
-        return None
-    first = surrogates[0].model.train_inputs[0]
     if any(
-        s.model.train_inputs[0].shape != first.shape
-        or not torch.equal(s.model.train_inputs[0], first)
-        for s in surrogates[1:]
-    ):
+        s.model is None or not s.two_task or s.form is not SurrogateForm.ICM for s in surrogates
+    ) or not _share_inputs([s.model for s in surrogates]):
         return None
     return _domain_batch_class()(surrogates)
+
+
+def _share_inputs(models: Sequence[Any]) -> bool:
+    """Whether there are at least two models and all hold the same training inputs."""
+    import torch
+
+    first = models[0].train_inputs[0] if models else None
+    return len(models) >= 2 and all(
+        m.train_inputs[0].shape == first.shape and torch.equal(m.train_inputs[0], first)
+        for m in models[1:]
+    )
 
 
 def _stack(models: Sequence[Any], dim: int) -> Any:  # -> BatchedICM
@@ -238,7 +240,6 @@ def fit_domains(
         x_ext: ``m x d`` encoded recipes with external scores.
         y_exts: ``K`` arrays of ``m`` external scores as reported.
     """
-    import torch
 
     built = []
     for s, y_dev, y_ext in zip(surrogates, y_devs, y_exts, strict=True):
@@ -250,12 +251,9 @@ def fit_domains(
             groups.setdefault(warm, []).append(i)
     statuses: dict[int, str | None] = {}
     for warm, members in groups.items():
-        inputs = built[members[0]][0].train_inputs[0]
-        if len(members) >= 2 and all(
-            torch.equal(built[i][0].train_inputs[0], inputs) for i in members[1:]
-        ):
+        models = [built[i][0] for i in members]
+        if _share_inputs(models):
             with quiet_numerics():  # L-BFGS-B draws nothing: only the warnings are scoped
-                models = [built[i][0] for i in members]
                 ended = _optimise_together(models, dim=surrogates[0].dim, warm=warm)
             statuses.update(zip(members, ended, strict=True))
     for i, (s, (model, warm)) in enumerate(zip(surrogates, built, strict=True)):
