@@ -44,6 +44,7 @@ from searchlab.surrogate import (
     EXTERNAL,
     DomainSurrogate,
     SurrogateForm,
+    icm_task_kernel,
     log_parametrise,
     quiet_numerics,
 )
@@ -106,7 +107,6 @@ def _batched_icm_class() -> type:
     )
     from gpytorch.constraints import GreaterThan
     from gpytorch.distributions import MultivariateNormal
-    from gpytorch.kernels import IndexKernel
     from gpytorch.likelihoods import HadamardGaussianLikelihood
     from gpytorch.means import ConstantMean, MultitaskMean
     from gpytorch.models import ExactGP
@@ -131,7 +131,7 @@ def _batched_icm_class() -> type:
             self.mean_module = MultitaskMean(ConstantMean(batch_shape=batch), num_tasks=2)
             self.covar_module = get_covar_module_with_dim_scaled_prior(
                 ard_num_dims=dim, batch_shape=batch, active_dims=list(range(dim))
-            ) * IndexKernel(num_tasks=2, rank=2, batch_shape=batch, active_dims=[dim])
+            ) * icm_task_kernel(dim, batch)
             log_parametrise(self)  # as DomainSurrogate's two-task models, so raw values stack
 
         def transform_inputs(self, X: torch.Tensor, **_: Any) -> torch.Tensor:

@@ -143,6 +143,91 @@ def _autoregressive_kernel(dim: int):  # -> gpytorch Kernel over (x, task)
     return AutoregressiveTaskKernel()
 
 
+#: ``eta`` of the LKJ prior (Lewandowski, Kurowicka & Joe 2009) on the ICM's 2 x 2 task
+#: correlation: density ``(1 - r^2)^(eta - 1)``, i.e. ``(r + 1) / 2 ~ Beta(eta, eta)``. LKJ(2) is
+#: weakly informative and zero at ``r = +-1``, so a fit can no longer saturate (without it,
+#: +0.99999 with six external points was typical) and external keeps a part of its own
+#: variance where it was not observed.
+TASK_CORRELATION_ETA = 2.0
+#: LogNormal(0, s) prior on each task's variance ``B[i, i]`` (outcomes standardised jointly, so
+#: about 1 for dev); wide, since external's own spread can be a fiftieth of dev's.
+TASK_VARIANCE_SCALE = 2.0
+
+
+def icm_task_kernel(dim: int, batch_shape: torch.Size | None = None):  # -> gpytorch IndexKernel
+    """The ICM's full-rank 2 x 2 task covariance ``B = F F^T + diag(v)`` over column ``dim``,
+    with priors on its correlation and its two variances (the constants above).
+
+    Args:
+        dim: The task column (recipes occupy columns ``0 .. dim - 1``).
+        batch_shape: One task covariance per batch entry (:mod:`searchlab.batched`).
+    """
+    import torch
+    from gpytorch.kernels import IndexKernel
+    from gpytorch.priors import LKJPrior, LogNormalPrior
+
+    kernel = IndexKernel(
+        num_tasks=2, rank=2, batch_shape=batch_shape or torch.Size(), active_dims=[dim]
+    )
+    kernel.register_prior(
+        "task_correlation_prior",
+        LKJPrior(n=2, eta=TASK_CORRELATION_ETA),
+        _correlation_matrix,
+        _set_correlation_matrix,
+    )
+    kernel.register_prior(
+        "task_variance_prior",
+        LogNormalPrior(0.0, TASK_VARIANCE_SCALE),
+        _task_variances,
+        _set_task_variances,
+    )
+    return kernel
+
+
+def _task_variances(kernel: torch.nn.Module) -> torch.Tensor:
+    """``diag(B)``, shape ``batch x 2``."""
+    return kernel._eval_covar_matrix().diagonal(dim1=-2, dim2=-1)
+
+
+def _correlation_matrix(kernel: torch.nn.Module) -> torch.Tensor:
+    """``D^-1/2 B D^-1/2``, ``D = diag(B)``, shape ``batch x 2 x 2``."""
+    b = kernel._eval_covar_matrix()
+    sd = b.diagonal(dim1=-2, dim2=-1).sqrt()
+    return b / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+
+
+def _set_task_covariance(kernel: torch.nn.Module, var: torch.Tensor, r: torch.Tensor) -> None:
+    """Sets ``B`` to variances ``var`` (``batch x 2``) and correlation ``r`` (``batch``), with
+    ``v = var / 100`` so that ``F F^T = B - diag(v)`` stays positive definite (``|r| < 0.98``).
+    """
+    import torch
+
+    r = r.clamp(-0.98, 0.98)
+    sd = var.sqrt()
+    target = torch.stack(
+        [
+            torch.stack([0.99 * var[..., 0], r * sd[..., 0] * sd[..., 1]], -1),
+            torch.stack([r * sd[..., 0] * sd[..., 1], 0.99 * var[..., 1]], -1),
+        ],
+        -2,
+    )
+    with torch.no_grad():
+        kernel.covar_factor.copy_(torch.linalg.cholesky(target))
+        kernel.var = var / 100
+
+
+def _set_correlation_matrix(kernel: torch.nn.Module, value: torch.Tensor) -> None:
+    """Prior sampling (BoTorch's fit retries): keeps the variances, sets the correlation."""
+    r = value[..., 0, 1].expand(kernel.batch_shape)
+    _set_task_covariance(kernel, _task_variances(kernel).detach(), r)
+
+
+def _set_task_variances(kernel: torch.nn.Module, value: torch.Tensor) -> None:
+    """Prior sampling: keeps the correlation, sets the variances."""
+    r = _correlation_matrix(kernel).detach()[..., 0, 1]
+    _set_task_covariance(kernel, value.reshape(*kernel.batch_shape, 2), r)
+
+
 def log_parametrise(module: torch.nn.Module) -> None:
     """Lets the optimiser move lengthscales and noise variances in log space: ``value = bound +
     exp(raw)`` in place of BoTorch's ``value = raw`` with a box bound.
@@ -291,7 +376,6 @@ class DomainSurrogate:
         import torch
         from botorch.models import MultiTaskGP, SingleTaskGP
         from botorch.models.transforms.outcome import Standardize
-        from gpytorch.kernels import IndexKernel
 
         dtype = torch.float64
         xd = torch.as_tensor(x_dev, dtype=dtype)
@@ -331,9 +415,7 @@ class DomainSurrogate:
             else:
                 # Replace the positive-only task kernel by an unconstrained full-rank one.
                 data_kernel = model.covar_module.kernels[0]
-                model.covar_module = data_kernel * IndexKernel(
-                    num_tasks=2, rank=2, active_dims=[self.dim]
-                ).to(dtype)
+                model.covar_module = data_kernel * icm_task_kernel(self.dim).to(dtype)
         if self.two_task:
             log_parametrise(model)
         return model, self._warm_start(model)

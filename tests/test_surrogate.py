@@ -44,6 +44,38 @@ def test_positive_task_correlation_and_warm_refit(form: SurrogateForm) -> None:
     assert s.fit_status in ("converged", "stopped"), s.fit_status
 
 
+@pytest.mark.parametrize("n_ext, sign", [(2, 1.0), (3, -1.0), (12, 1.0), (12, -1.0)])
+def test_icm_task_correlation_has_a_prior_and_does_not_saturate(n_ext: int, sign: float) -> None:
+    # Without the LKJ prior these fits reached |r| > 0.99999 (two points, or three flipped).
+    for seed in range(3):
+        x, dev, xe, ext = _data(sign, seed)
+        s = DomainSurrogate(dim=3, resolution=0.01, seed=seed)
+        s.fit(x, dev, xe[:n_ext], ext[:n_ext])
+        r = s.task_correlation()
+        assert 0 < sign * r < 0.999, (seed, r)
+        priors = {name for name, *_ in s.model.named_priors()}
+        assert {"covar_module.kernels.1.task_correlation_prior"} <= priors, priors
+        # External keeps variance of its own where it was not shown.
+        p = s.predict(x)
+        assert (p["ext_sd"] > 0.2 * p["dev_sd"]).all()
+
+
+def test_icm_task_prior_can_be_sampled_as_botorch_retries_do() -> None:
+    import torch
+    from botorch.optim.utils.model_utils import sample_all_priors
+
+    from searchlab.surrogate import _correlation_matrix, icm_task_kernel
+
+    torch.manual_seed(0)
+    kernel = icm_task_kernel(3, torch.Size([5])).double()
+    for _ in range(4):
+        sample_all_priors(kernel)
+        b = kernel._eval_covar_matrix().detach()
+        assert torch.linalg.eigvalsh(b).min() > 0
+        r = _correlation_matrix(kernel).detach()[..., 0, 1]
+        assert (r.abs() <= 0.98 + 1e-9).all() and r.std() > 0
+
+
 def test_single_task_until_two_external_scores() -> None:
     s = DomainSurrogate(dim=3)
     x, dev, xe, ext = _data(+1.0)
