@@ -25,6 +25,7 @@ from rich.table import Table
 from searchlab.errors import SearchlabError
 from searchlab.objective import ObjectiveType
 from searchlab.store import AuditKind, Mode
+from searchlab.surrogate import SurrogateForm
 
 app = typer.Typer(
     help="Bayesian search for post-training recipes that sees through a proxy.",
@@ -1097,13 +1098,20 @@ def bench_surrogate(
     study: Annotated[
         list[str] | None, typer.Option(help="Study to replay (repeatable; default: all).")
     ] = None,
+    form: Annotated[
+        list[SurrogateForm] | None,
+        typer.Option(help="Surrogate form to score (repeatable; default: every form)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """External predicted where it was not shown: RMSE and 90 % coverage, each surrogate form."""
     from searchlab.model_accuracy import surrogate_accuracy
 
     result = surrogate_accuracy(
-        _storage_url(storage), names=study, progress=lambda line: err.print(line, markup=False)
+        _storage_url(storage),
+        names=study,
+        forms=form or list(SurrogateForm),
+        progress=lambda line: err.print(line, markup=False),
     )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))

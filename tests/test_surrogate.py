@@ -134,5 +134,8 @@ def test_accuracy_replay_scores_both_forms_before_and_after_the_alarm(tmp_path) 
     shown = run_cli("bench", "surrogate", "--storage", url)
     assert shown.returncode == 0, shown.stderr
     assert "autoregressive" in shown.stdout and "coverage" in shown.stdout
+    one = run_cli("bench", "surrogate", "--storage", url, "--form", "icm")
+    assert one.returncode == 0, one.stderr
+    assert "icm" in one.stdout and "autoregressive" not in one.stdout
     missing = run_cli("bench", "surrogate", "--storage", url, "--study", "nope")
     assert missing.returncode == 2 and "nope" in missing.stderr
