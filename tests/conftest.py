@@ -164,7 +164,7 @@ SLOW_BACKEND = textwrap.dedent(
 
         def _write(self, **row):
             with open(self.log, "a") as f:
-                f.write(json.dumps({**row, "pid": os.getpid()}) + "\\n")
+                f.write(json.dumps({**row, "pid": os.getpid(), "t": time.time()}) + "\\n")
 
         def train(self, recipe, *, candidate, seed):
             self._write(event="train", candidate=candidate)

@@ -177,12 +177,17 @@ def test_killed_worker_is_replaced(tmp_path: Path, pg_url: str) -> None:
         victim = None
         while victim is None:
             assert time.time() < deadline, "no worker started a candidate"
-            # A worker that has started a candidate after round 1 and is still training it.
+            # A worker that has started a candidate after round 1 and is still training it,
+            # with at least half the delay left (a loaded machine polls slowly: a victim picked
+            # near the end of its training could finish it before the signal lands).
             running = {n for n, s in _trials(study.url, study.name) if s == "RUNNING"}
             rows = [
                 r
                 for r in study.rows()
-                if r["event"] == "train" and r["pid"] in pids and r["candidate"] in running
+                if r["event"] == "train"
+                and r["pid"] in pids
+                and r["candidate"] in running
+                and time.time() - r["t"] < 2.5 / 2
             ]
             if study.complete() >= 4 and rows:
                 victim = rows[-1]
