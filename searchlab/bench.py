@@ -263,7 +263,9 @@ def past_peak(surface: Any, candidates: Sequence[Any]) -> set[str]:
 
 
 def _run_engine(config: Any, backend: Any, *, oracle: bool) -> tuple[float, list[str]]:
-    """Regret of the engine's recommendation, and its alarms as ``domain@candidate``."""
+    """Regret of the engine's recommendation, and its alarms as ``domain@candidate/roundR``
+    (``R`` counted from 1: the round whose submission raised it; an alarm in the last round
+    changes nothing but the record)."""
     from searchlab.engine import Engine
     from searchlab.readmodel import alarms
     from searchlab.store import Storage
@@ -290,7 +292,9 @@ def _run_engine(config: Any, backend: Any, *, oracle: bool) -> tuple[float, list
     result = engine.run()
     number = result["recommendation"]["candidate"]
     done = {c.number: c for c in record.candidates()}
-    fired = [f"{a['domain']}@{a['candidate']}" for a in alarms(record.audit_log())]
+    fired = [
+        f"{a['domain']}@{a['candidate']}/round{a['round'] + 1}" for a in alarms(record.audit_log())
+    ]
     return _regret(backend, config.domain_names, config.weights, done[number].artefact), fired
 
 
@@ -477,7 +481,7 @@ def _best_open(
 
 def _run_method(method: str, config: Any) -> tuple[float, list[str] | None, float]:
     """One method on one seed's study: its regret, and the engine's switches
-    (``domain@candidate``; None for a peer) or a peer's best-observed regret (NaN for the
+    (``domain@candidate/roundR``; None for a peer) or a peer's best-observed regret (NaN for the
     engine's methods)."""
     from searchlab.backends import backend_for
 
@@ -525,7 +529,7 @@ def search(
     Returns:
         One row per (instance, method): ``instance``, ``method``, ``median_regret``, ``iqr``,
         ``seeds``, ``regrets`` (per seed), ``alarms`` (per seed, the engine methods'
-        switches as ``domain@candidate``; empty for peers) and ``regrets_best_observed`` (per
+        switches as ``domain@candidate/roundR``; empty for peers) and ``regrets_best_observed`` (per
         seed, a peer's regret had it recommended its best observed external; empty for the
         engine's methods).
     """
@@ -538,7 +542,7 @@ def search(
         warnings.simplefilter("ignore")
         for instance in instances:
             per_method: dict[str, list[float]] = {m: [] for m in methods}
-            # Per seed, the engine's switches (domain@candidate): tells a late alarm from none.
+            # Per seed, the engine's switches (domain@candidate/roundR): late, early or none.
             fired_by: dict[str, list[list[str]]] = {m: [] for m in methods}
             # Per seed, a peer's regret had it recommended its best observed external.
             observed_by: dict[str, list[float]] = {m: [] for m in methods}
