@@ -240,7 +240,6 @@ def fit_domains(
         x_ext: ``m x d`` encoded recipes with external scores.
         y_exts: ``K`` arrays of ``m`` external scores as reported.
     """
-
     built = []
     for s, y_dev, y_ext in zip(surrogates, y_devs, y_exts, strict=True):
         with s.seeded(len(y_dev), len(y_ext)):

@@ -514,5 +514,4 @@ class DomainSurrogate:
             with torch.no_grad():
                 return self.model.covar_module.task_correlation()
         with torch.no_grad():
-            b = self.model.covar_module.kernels[1].covar_matrix.to_dense()
-        return float(b[0, 1] / torch.sqrt(b[0, 0] * b[1, 1]))
+            return float(_correlation_matrix(self.model.covar_module.kernels[1])[0, 1])
