@@ -19,10 +19,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from searchlab.errors import SearchlabError
 from searchlab.objective import ObjectiveType
 from searchlab.simulation import DOMAINS, ResponseSurface, SurfaceConfig, canonical_space
 from searchlab.store import CandidateState, Mode
@@ -262,15 +264,17 @@ def past_peak(surface: Any, candidates: Sequence[Any]) -> set[str]:
     return past
 
 
-def _run_engine(config: Any, backend: Any, *, oracle: bool) -> tuple[float, list[str]]:
+def _run_engine(
+    config: Any, backend: Any, *, oracle: bool, storage: str = "sqlite:///:memory:"
+) -> tuple[float, list[str]]:
     """Regret of the engine's recommendation, and its alarms as ``domain@candidate/roundR``
     (``R`` counted from 1: the round whose submission raised it; an alarm in the last round
-    changes nothing but the record)."""
+    changes nothing but the record). The study is kept in ``storage`` (memory by default)."""
     from searchlab.engine import Engine
     from searchlab.readmodel import alarms
     from searchlab.store import Storage
 
-    record = Storage("sqlite:///:memory:", create=True).create(config)
+    record = Storage(storage, create=True).create(config)
     engine = Engine(record=record, config=config, backend=backend)
     if oracle:
         past: set[str] = set()
@@ -479,10 +483,18 @@ def _best_open(
     return [int(n) for n in np.argsort(-value) if int(n) not in external][:k]
 
 
-def _run_method(method: str, config: Any) -> tuple[float, list[str] | None, float]:
+def kept_study(keep: Path, instance: str, seed: int, method: str) -> Path:
+    """Where ``search(keep=...)`` stores an engine method's study (SQLite, study name
+    ``bench-{instance}-{seed}``)."""
+    return keep / f"{instance}-{seed}-{method}.db"
+
+
+def _run_method(
+    method: str, config: Any, *, storage: str = "sqlite:///:memory:"
+) -> tuple[float, list[str] | None, float]:
     """One method on one seed's study: its regret, and the engine's switches
     (``domain@candidate/roundR``; None for a peer) or a peer's best-observed regret (NaN for the
-    engine's methods)."""
+    engine's methods). An engine method's study is kept in ``storage``."""
     from searchlab.backends import backend_for
 
     backend = backend_for(config)  # config.seed is this seed
@@ -491,7 +503,7 @@ def _run_method(method: str, config: Any) -> tuple[float, list[str] | None, floa
         if method == "dev-only":
             policy = config.policy.model_copy(update={"switch": False})
             cfg = config.model_copy(update={"policy": policy})
-        regret, fired = _run_engine(cfg, backend, oracle=method == "oracle")
+        regret, fired = _run_engine(cfg, backend, oracle=method == "oracle", storage=storage)
         return regret, fired, math.nan
     run = _run_mtgp if method == "mtgp-external" else partial(_run_peer, method)
     regret, best_observed = run(config, backend)
@@ -506,6 +518,7 @@ def search(
     first_seed: int = 0,
     quick: bool = False,
     rounds: int = 8,
+    keep: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs methods side by side on the same simulated instances (common random numbers).
@@ -524,6 +537,10 @@ def search(
             harness, not the goals.
         rounds: Rounds of 8 candidates in the full preset, 2 submissions each (8: the study
             file's 64 candidates; 4: the paper's 32).
+        keep: A folder in which each engine method's study is stored (one SQLite file per
+            instance, seed and method, :func:`kept_study`), so that a trace can be read
+            afterwards (``study audit``, ``study report``); studies are kept in memory otherwise.
+            A file that is already there is refused before anything runs.
         progress: Called with one line per (instance, seed, method) as each finishes.
 
     Returns:
@@ -537,6 +554,24 @@ def search(
 
     from searchlab.config import validate_study
 
+    def storage(instance: str, seed: int, method: str) -> str:
+        if keep is None or method not in ENGINE_METHODS:
+            return "sqlite:///:memory:"
+        return f"sqlite:///{kept_study(keep, instance, seed, method)}"
+
+    if keep is not None:
+        if keep.exists() and not keep.is_dir():
+            raise SearchlabError(f"--keep: {keep} is not a folder")
+        taken = [
+            kept_study(keep, i, s, m)
+            for i in instances
+            for s in range(first_seed, first_seed + seeds)
+            for m in methods
+            if m in ENGINE_METHODS and kept_study(keep, i, s, m).exists()
+        ]
+        if taken:
+            raise SearchlabError(f"--keep: {taken[0]} is already there; keep studies elsewhere")
+        keep.mkdir(parents=True, exist_ok=True)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -552,7 +587,9 @@ def search(
                     source=f"bench {instance}",
                 )
                 for method in methods:
-                    regret, fired, best_observed = _run_method(method, config)
+                    regret, fired, best_observed = _run_method(
+                        method, config, storage=storage(instance, seed, method)
+                    )
                     if fired is not None:
                         fired_by[method].append(fired)
                         note = f" alarms {','.join(fired) or 'none'}"

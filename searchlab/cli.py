@@ -16,6 +16,7 @@ os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -377,7 +378,6 @@ def _driven(name: str, storage: str | None) -> Any:
 
 def _read_json(source: str, option: str) -> Any:
     """The JSON value in file ``source`` (``-``: standard input), or one line naming it."""
-    from pathlib import Path
 
     where = "standard input" if source == "-" else source
     try:
@@ -1160,6 +1160,13 @@ def bench_search(
         list[str] | None, typer.Option(help="Instance(s) to run (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
+    keep: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder that keeps each engine method's study "
+            "(INSTANCE-SEED-METHOD.db, study bench-INSTANCE-SEED)."
+        ),
+    ] = None,
 ) -> None:
     """True external regret of each method's recommendation, median and IQR over seeds."""
     from searchlab.bench import INSTANCES, METHODS, search
@@ -1173,6 +1180,7 @@ def bench_search(
         first_seed=first_seed,
         quick=quick,
         rounds=rounds,
+        keep=keep,
         # One line per finished run on stderr: a long benchmark shows where it is.
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )

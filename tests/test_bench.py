@@ -69,6 +69,42 @@ def test_search_quick_runs_every_method_on_the_same_instance() -> None:
         assert all(v >= -1e-6 for v in observed)
 
 
+def test_search_keeps_each_engine_study_where_asked(tmp_path) -> None:
+    """``keep``: the engine's study is stored, readable afterwards, and its recommendation is the
+    one the benchmark scored; a second run into the same folder is refused before it starts."""
+    from searchlab.bench import kept_study, search
+    from searchlab.errors import SearchlabError
+    from searchlab.store import Storage
+
+    (row,) = search(
+        instances=("goodhart",),
+        methods=("dev-only",),
+        seeds=1,
+        first_seed=3,
+        quick=True,
+        keep=tmp_path / "kept",
+    )
+    path = kept_study(tmp_path / "kept", "goodhart", 3, "dev-only")
+    record = Storage(f"sqlite:///{path}").load("bench-goodhart-3")
+    assert len(record.candidates()) == 12  # the quick preset: 3 rounds of 4
+    assert record.recommendation["recommendation"]["candidate"] in {
+        c.number for c in record.candidates()
+    }
+    assert row["seeds"] == 1 and len(row["alarms"]) == 1
+    with pytest.raises(SearchlabError, match="already there"):
+        search(
+            instances=("goodhart",),
+            methods=("dev-only",),
+            seeds=1,
+            first_seed=3,
+            quick=True,
+            keep=tmp_path / "kept",
+        )
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SearchlabError, match="not a folder"):
+        search(instances=("goodhart",), seeds=1, quick=True, keep=tmp_path / "a-file")
+
+
 def test_the_oracle_switches_where_a_candidate_goes_past_the_external_peak() -> None:
     from types import SimpleNamespace
 
