@@ -221,7 +221,9 @@ METHODS = (
 ENGINE_METHODS = ("searchlab", "dev-only", "oracle")
 
 
-def _study_data(instance: str, seed: int, *, quick: bool, rounds: int = 8) -> dict[str, Any]:
+def _study_data(
+    instance: str, seed: int, *, quick: bool, rounds: int = 8, threshold: float = 20.0
+) -> dict[str, Any]:
     spec = INSTANCES[instance]
     options = {"weak_domains": ["equations"], **spec["options"]}
     if quick:
@@ -243,7 +245,7 @@ def _study_data(instance: str, seed: int, *, quick: bool, rounds: int = 8) -> di
         "backend": {"name": "simulated", "options": options},
         "rounds": size,
         "external": {**external, "resolution": 0.01},
-        "policy": {"warmup_rounds": 1, "threshold": 20},
+        "policy": {"warmup_rounds": 1, "threshold": threshold},
     }
 
 
@@ -518,6 +520,7 @@ def search(
     first_seed: int = 0,
     quick: bool = False,
     rounds: int = 8,
+    threshold: float = 20.0,
     keep: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -537,6 +540,8 @@ def search(
             harness, not the goals.
         rounds: Rounds of 8 candidates in the full preset, 2 submissions each (8: the study
             file's 64 candidates; 4: the paper's 32).
+        threshold: The validity test's per-domain threshold (``policy.threshold``; the study
+            file's 20 by default).
         keep: A folder in which each engine method's study is stored (one SQLite file per
             instance, seed and method, :func:`kept_study`), so that a trace can be read
             afterwards (``study audit``, ``study report``); studies are kept in memory otherwise.
@@ -583,7 +588,7 @@ def search(
             observed_by: dict[str, list[float]] = {m: [] for m in methods}
             for seed in range(first_seed, first_seed + seeds):
                 config = validate_study(
-                    _study_data(instance, seed, quick=quick, rounds=rounds),
+                    _study_data(instance, seed, quick=quick, rounds=rounds, threshold=threshold),
                     source=f"bench {instance}",
                 )
                 for method in methods:

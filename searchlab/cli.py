@@ -1160,6 +1160,9 @@ def bench_search(
         list[str] | None, typer.Option(help="Instance(s) to run (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
+    threshold: Annotated[
+        float, typer.Option(help="The validity test's per-domain threshold (policy.threshold).")
+    ] = 20.0,
     keep: Annotated[
         Path | None,
         typer.Option(
@@ -1173,6 +1176,7 @@ def bench_search(
 
     _known("instance", instance, INSTANCES)
     _known("method", method, METHODS)
+    _replay_settings(threshold, None, None)  # one line for a threshold <= 1
     rows = search(
         instances=tuple(instance or INSTANCES),
         methods=tuple(method or METHODS),
@@ -1180,6 +1184,7 @@ def bench_search(
         first_seed=first_seed,
         quick=quick,
         rounds=rounds,
+        threshold=threshold,
         keep=keep,
         # One line per finished run on stderr: a long benchmark shows where it is.
         progress=lambda line: print(line, file=sys.stderr, flush=True),

@@ -286,6 +286,7 @@ def test_create_with_broken_backend_stores_nothing(tiny_study: Path, tmp_path: P
     ("argv", "culprit"),
     [
         (("bench", "search", "--rounds", "2"), "--rounds"),
+        (("bench", "search", "--threshold", "1"), "--threshold"),
         (("validity", "corpus", "--submissions", "0"), "--submissions"),
         (("study", "status", "--no-such-option"), "--no-such-option"),
         (("study", "status"), "name"),
