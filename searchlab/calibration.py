@@ -239,8 +239,12 @@ def false_alarms(
 
     Returns:
         A JSON-safe dict: ``studies``, ``with_alarm``, ``rate``, ``ci95`` (exact), ``by_domain``
-        (studies with an alarm in each domain), ``by_instance``, ``settings`` (those replayed)
-        and ``alarms`` (``study: [domain@candidate, ...]`` for the studies that alarmed).
+        (studies with an alarm in each domain), ``by_instance``, ``settings`` (those replayed),
+        ``alarms`` (``study: [domain@candidate, ...]`` for the studies that alarmed) and
+        ``largest_silent``: the largest statistic of the alarm test in the studies that did not
+        alarm (``statistic``, ``study``, ``domain``; None without such a study). Every
+        threshold above it and at most the one replayed alarms in exactly these studies, so
+        one replay at a high threshold gives the false alarms of a whole range.
     """
     from statsmodels.stats.proportion import proportion_confint
 
@@ -255,6 +259,7 @@ def false_alarms(
     by_domain: dict[str, int] = {}
     by_instance: dict[str, list[int]] = {}
     settings: dict[str, Any] = {}
+    silent: dict[str, Any] | None = None
     for name in names:
         record = storage.load(name)
         if not record.finished:
@@ -274,6 +279,18 @@ def false_alarms(
         counts[1] += bool(fired)
         if fired:
             alarmed[name] = fired
+            continue
+        for d, v in result["domains"].items():
+            largest = max(
+                (
+                    p["statistic"]
+                    for p in v["reanalysis"]["path"]
+                    if p["test"] == "alarm" and p["statistic"] is not None
+                ),
+                default=1.0,
+            )
+            if silent is None or largest > silent["statistic"]:
+                silent = {"statistic": float(largest), "study": name, "domain": d}
     k = len(alarmed)
     lo, hi = proportion_confint(k, studies, alpha=0.05, method="beta") if studies else (0, 1)
     return {
@@ -285,6 +302,7 @@ def false_alarms(
         "by_instance": {i: {"studies": c[0], "with_alarm": c[1]} for i, c in by_instance.items()},
         "settings": settings,
         "alarms": alarmed,
+        "largest_silent": silent,
     }
 
 

@@ -51,6 +51,11 @@ def test_replay_of_the_studies_own_setting_is_what_the_studies_recorded(tmp_path
     # A stricter setting can only remove alarms.
     strict = false_alarms(url, threshold=1e9)
     assert strict["with_alarm"] == 0 and strict["ci95"][0] == 0.0
+    # The largest statistic of a silent study: any threshold just above it alarms in no study
+    # either (an alarm needs the statistic at the threshold).
+    top = strict["largest_silent"]
+    assert top["study"] in names and top["statistic"] >= 1.0
+    assert false_alarms(url, threshold=top["statistic"] * 1.001)["with_alarm"] == 0
 
 
 def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path: Path) -> None:
