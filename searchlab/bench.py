@@ -222,7 +222,7 @@ ENGINE_METHODS = ("searchlab", "dev-only", "oracle")
 
 
 def _study_data(
-    instance: str, seed: int, *, quick: bool, rounds: int = 8, threshold: float = 20.0
+    instance: str, seed: int, *, quick: bool, rounds: int = 8, threshold: float = 5.0
 ) -> dict[str, Any]:
     spec = INSTANCES[instance]
     options = {"weak_domains": ["equations"], **spec["options"]}
@@ -520,7 +520,7 @@ def search(
     first_seed: int = 0,
     quick: bool = False,
     rounds: int = 8,
-    threshold: float = 20.0,
+    threshold: float = 5.0,
     keep: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -541,7 +541,7 @@ def search(
         rounds: Rounds of 8 candidates in the full preset, 2 submissions each (8: the study
             file's 64 candidates; 4: the paper's 32).
         threshold: The validity test's per-domain threshold (``policy.threshold``; the study
-            file's 20 by default).
+            file's 5 by default).
         keep: A folder in which each engine method's study is stored (one SQLite file per
             instance, seed and method, :func:`kept_study`), so that a trace can be read
             afterwards (``study audit``, ``study report``); studies are kept in memory otherwise.

@@ -1162,7 +1162,7 @@ def bench_search(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
     threshold: Annotated[
         float, typer.Option(help="The validity test's per-domain threshold (policy.threshold).")
-    ] = 20.0,
+    ] = 5.0,
     keep: Annotated[
         Path | None,
         typer.Option(

@@ -325,7 +325,8 @@ class PolicyConfig(_Strict):
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
     # Per-domain alarm threshold on the e-value. None: n_domains / alpha (Ville + Bonferroni,
     # anytime-valid whatever the data, conservative). A number: a threshold calibrated by
-    # simulation (`searchlab validity calibrate --threshold T`), valid as far as the streams are.
+    # simulation, best end to end on the engine's own null studies (`searchlab validity corpus`,
+    # `validity replay --threshold T`), valid as far as those studies are.
     threshold: float | None = Field(default=None, gt=1, le=1e12)
     # kappa: a domain's proxy is valid while external rises with dev, in the dev-record region,
     # at no less than this fraction of the rate just below it (plateau and fall are both below).

@@ -129,11 +129,14 @@ Two kinds, never to be confused:
   are martingales on different invariant filtrations, so the average is an e-value at each fixed
   time but not shown to be a supermartingale), binomial and floored scores, and a link that is
   not a hinge. So even this threshold is not claimed exact for the statistic as implemented.
-* **Simulation-calibrated** (``threshold_override``, e.g. the study file's 20). Its false-alarm
+* **Simulation-calibrated** (``threshold_override``, e.g. the study file's 5). Its false-alarm
   rate is what a simulation measures: :func:`searchlab.streams.calibrate` on simulated streams
   (cheap, unlike the engine's streams), and :mod:`searchlab.calibration` end to end, replaying
   the setting over the engine's own null studies. Only the second measures what the engine
-  feeds the test.
+  feeds the test. The study file's 5 is twice (rounded up) the largest statistic any domain of
+  the engine's stored null studies reached (``largest_silent`` of
+  :func:`searchlab.calibration.false_alarms`; docs/RESULTS.md has the figures): a guarantee for
+  those null instances and that budget, not for a back end whose noise they do not model.
 
 An alarm also requires ``delta_hat`` above the dominant knot (the one with the largest ``E_k``)
 to point the tested way.
