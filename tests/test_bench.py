@@ -72,37 +72,27 @@ def test_search_quick_runs_every_method_on_the_same_instance() -> None:
 def test_search_keeps_each_engine_study_where_asked(tmp_path) -> None:
     """``keep``: the engine's study is stored, readable afterwards, and its recommendation is the
     one the benchmark scored; a second run into the same folder is refused before it starts."""
+    from searchlab.backends import backend_for
     from searchlab.bench import kept_study, search
     from searchlab.errors import SearchlabError
+    from searchlab.readmodel import read
     from searchlab.store import Storage
 
-    (row,) = search(
-        instances=("goodhart",),
-        methods=("dev-only",),
-        seeds=1,
-        first_seed=3,
-        quick=True,
-        keep=tmp_path / "kept",
-    )
+    run = {"instances": ("goodhart",), "methods": ("dev-only",), "seeds": 1, "first_seed": 3}
+    (row,) = search(**run, quick=True, keep=tmp_path / "kept")
     path = kept_study(tmp_path / "kept", "goodhart", 3, "dev-only")
-    record = Storage(f"sqlite:///{path}").load("bench-goodhart-3")
-    assert len(record.candidates()) == 12  # the quick preset: 3 rounds of 4
-    assert record.recommendation["recommendation"]["candidate"] in {
-        c.number for c in record.candidates()
-    }
-    assert row["seeds"] == 1 and len(row["alarms"]) == 1
+    view = read(Storage(f"sqlite:///{path}").load("bench-goodhart-3"))
+    assert len(view.complete) == 12  # the quick preset: 3 rounds of 4
+    chosen = view.complete[view.recommendation["recommendation"]["candidate"]]
+    backend = backend_for(view.config)
+    truth = backend.true_external(chosen.artefact)
+    regret = backend.optimum() - sum(view.weights[d] * truth[d] for d in view.config.domain_names)
+    assert row["regrets"] == [pytest.approx(regret, abs=1e-12)]
     with pytest.raises(SearchlabError, match="already there"):
-        search(
-            instances=("goodhart",),
-            methods=("dev-only",),
-            seeds=1,
-            first_seed=3,
-            quick=True,
-            keep=tmp_path / "kept",
-        )
+        search(**run, quick=True, keep=tmp_path / "kept")
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(SearchlabError, match="not a folder"):
-        search(instances=("goodhart",), seeds=1, quick=True, keep=tmp_path / "a-file")
+        search(**run, quick=True, keep=tmp_path / "a-file")
 
 
 def test_the_oracle_switches_where_a_candidate_goes_past_the_external_peak() -> None:
