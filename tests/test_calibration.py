@@ -83,17 +83,24 @@ def test_power_replays_alternative_studies_and_peers_match_false_alarms(tmp_path
         assert peer["null_studies_with_alarm"] <= ours or peer["threshold"] == strictest
         assert set(peer["power"]) == {"plateau.15c/equations"}
 
-    # The ceiling measures the alternative study's weak domain only, and a search that starts
-    # from the engine's own pairs never ends below them.
+    # The ceiling measures the alternative studies' weak domain only, and a search that starts
+    # from the engine's own pairs never ends below them. Where no knot can be fitted to a small
+    # study's 9 pairs (it depends on the run: seed 5 on one AVX-512 machine) the row says so
+    # with None; over three seeds at least one is fitted.
+    make_corpus(url, instances=["plateau"], seeds=[6, 7], **small)
     ceiling = evidence_ceiling(url, hinge_form="linear", restarts=1)
-    [row] = ceiling["studies"]
-    assert (row["study"], row["domain"], row["pairs"]) == (
-        "power-corpus-plateau.15c-5",
-        "equations",
-        9,
-    )
-    assert row["lambda_best"] >= row["lambda_pairs"]
-    assert 0.0 <= row["power_pairs"] <= row["power_best"] <= 1.0
+    rows = ceiling["studies"]
+    assert [(r["study"], r["domain"], r["pairs"]) for r in rows] == [
+        (f"power-corpus-plateau.15c-{seed}", "equations", 9) for seed in (5, 6, 7)
+    ]
+    fitted = [r for r in rows if r["sigma"] is not None]
+    assert fitted, rows
+    for row in rows:
+        if row["sigma"] is None:
+            assert row["lambda_pairs"] is None and row["lambda_best"] is None
+    for row in fitted:
+        assert row["lambda_best"] >= row["lambda_pairs"]
+        assert 0.0 <= row["power_pairs"] <= row["power_best"] <= 1.0
     assert ceiling["settings"]["hinge_form"] == "linear"
 
 
