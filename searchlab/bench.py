@@ -219,10 +219,13 @@ METHODS = (
     "external-only",
 )
 ENGINE_METHODS = ("searchlab", "dev-only", "oracle")
+#: The validity test's threshold of the benchmark's studies: studies/goodhart-sim.yaml's
+#: ``policy.threshold``, calibrated on the engine's null studies (docs/RESULTS.md).
+THRESHOLD = 5.0
 
 
 def _study_data(
-    instance: str, seed: int, *, quick: bool, rounds: int = 8, threshold: float = 5.0
+    instance: str, seed: int, *, quick: bool, rounds: int = 8, threshold: float = THRESHOLD
 ) -> dict[str, Any]:
     spec = INSTANCES[instance]
     options = {"weak_domains": ["equations"], **spec["options"]}
@@ -520,7 +523,7 @@ def search(
     first_seed: int = 0,
     quick: bool = False,
     rounds: int = 8,
-    threshold: float = 5.0,
+    threshold: float = THRESHOLD,
     keep: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:

@@ -378,7 +378,6 @@ def _driven(name: str, storage: str | None) -> Any:
 
 def _read_json(source: str, option: str) -> Any:
     """The JSON value in file ``source`` (``-``: standard input), or one line naming it."""
-
     where = "standard input" if source == "-" else source
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
@@ -1161,8 +1160,9 @@ def bench_search(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
     threshold: Annotated[
-        float, typer.Option(help="The validity test's per-domain threshold (policy.threshold).")
-    ] = 5.0,
+        float | None,
+        typer.Option(help="The validity test's per-domain threshold (default: the study file's)."),
+    ] = None,
     keep: Annotated[
         Path | None,
         typer.Option(
@@ -1172,7 +1172,7 @@ def bench_search(
     ] = None,
 ) -> None:
     """True external regret of each method's recommendation, median and IQR over seeds."""
-    from searchlab.bench import INSTANCES, METHODS, search
+    from searchlab.bench import INSTANCES, METHODS, THRESHOLD, search
 
     _known("instance", instance, INSTANCES)
     _known("method", method, METHODS)
@@ -1184,7 +1184,7 @@ def bench_search(
         first_seed=first_seed,
         quick=quick,
         rounds=rounds,
-        threshold=threshold,
+        threshold=THRESHOLD if threshold is None else threshold,
         keep=keep,
         # One line per finished run on stderr: a long benchmark shows where it is.
         progress=lambda line: print(line, file=sys.stderr, flush=True),
