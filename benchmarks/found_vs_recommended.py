@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from searchlab.backends import backend_for
+from searchlab.bench import true_regret
 from searchlab.readmodel import alarms, read
 from searchlab.store import Storage
 
@@ -41,13 +42,10 @@ def decompose(url: str, study: str) -> dict[str, Any]:
     view = read(Storage(url).load(study))
     config = view.config
     backend = backend_for(config)
-    optimum = backend.optimum()
-
-    def regret(artefact: Any) -> float:
-        truth = backend.true_external(artefact)
-        return float(optimum - sum(config.weights[d] * truth[d] for d in config.domain_names))
-
-    regrets = {n: regret(c.artefact) for n, c in view.complete.items()}
+    regrets = {
+        n: true_regret(backend, config.domain_names, config.weights, c.artefact)
+        for n, c in view.complete.items()
+    }
     chosen = view.recommendation["recommendation"]["candidate"]
     fired = alarms(view.log)
     first = fired[0]["round"] if fired else None

@@ -252,7 +252,10 @@ def _study_data(
     }
 
 
-def _regret(backend: Any, domains: list[str], weights: dict[str, float], artefact: Any) -> float:
+def true_regret(
+    backend: Any, domains: list[str], weights: dict[str, float], artefact: Any
+) -> float:
+    """The optimum minus the weighted true (noise-free) external of ``artefact``."""
     truth = backend.true_external(artefact)
     return float(backend.optimum() - sum(weights[d] * truth[d] for d in domains))
 
@@ -304,7 +307,7 @@ def _run_engine(
     fired = [
         f"{a['domain']}@{a['candidate']}/round{a['round'] + 1}" for a in alarms(record.audit_log())
     ]
-    return _regret(backend, config.domain_names, config.weights, done[number].artefact), fired
+    return true_regret(backend, config.domain_names, config.weights, done[number].artefact), fired
 
 
 def _best_modelled(
@@ -393,8 +396,8 @@ def _run_peer(method: str, config: Any, backend: Any) -> tuple[float, float]:
 def _regrets(config: Any, backend: Any, modelled: Any, observed: Any) -> tuple[float, float]:
     """Regrets of a peer's two recommendations: by its model, by its best observation."""
     return (
-        _regret(backend, config.domain_names, config.weights, modelled),
-        _regret(backend, config.domain_names, config.weights, observed),
+        true_regret(backend, config.domain_names, config.weights, modelled),
+        true_regret(backend, config.domain_names, config.weights, observed),
     )
 
 

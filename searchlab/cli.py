@@ -1159,10 +1159,7 @@ def bench_search(
         list[str] | None, typer.Option(help="Instance(s) to run (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of rows.")] = False,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="The validity test's per-domain threshold (default: the study file's)."),
-    ] = None,
+    threshold: ThresholdOpt = None,  # None: the study file's (searchlab.bench.THRESHOLD)
     keep: Annotated[
         Path | None,
         typer.Option(
