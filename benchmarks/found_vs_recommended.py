@@ -1,6 +1,6 @@
 """Where a simulated study's regret comes from: what the search found, or what it recommended.
 
-    python benchmarks/found_vs_recommended.py sqlite:///a.db[:STUDY] ... [--json]
+    python benchmarks/found_vs_recommended.py sqlite:///a.db[:STUDY] ... [--json | --summary]
 
 Per stored study of the simulated back end (``bench search --keep``, the main job): the true
 regret (optimum minus the weighted true external) of the recommendation, of the best candidate
@@ -19,6 +19,8 @@ import math
 import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from searchlab.backends import backend_for
 from searchlab.bench import true_regret
@@ -69,9 +71,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("storages", nargs="+", help="URL[:STUDY]")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--summary", action="store_true", help="medians over the studies")
     args = parser.parse_args()
-    for given in args.storages:
-        row = decompose(*_study_name(given))
+    rows = [decompose(*_study_name(given)) for given in args.storages]
+    if args.summary:
+        rec = np.array([r["recommendation"] for r in rows])
+        best = np.array([r["best_found"] for r in rows])
+        ranks = np.array([r["rank"] for r in rows])
+        print(
+            f"{len(rows)} studies: recommendation {np.median(rec):.4f}, best trained "
+            f"{np.median(best):.4f}, difference {np.median(rec - best):.4f} (medians); the best "
+            f"trained in {int((ranks == 1).sum())}, median rank {np.median(ranks):g}"
+        )
+        return
+    for row in rows:
         if args.json:
             print(json.dumps(row))
             continue
